@@ -1,0 +1,92 @@
+import pg from 'pg';
+import { loadEnvConfig } from '../config/env.ts';
+import { EXIT, StartupError } from '../lifecycle/errors.ts';
+import { createLogger } from '../log.ts';
+import { resolveConnection } from './connection.ts';
+import { printJson } from './output.ts';
+import { UsageError, parseJsonObject, parseUuid } from './parse.ts';
+
+export interface EnqueueOptions {
+  type: string;
+  tenant: string;
+  payload?: string;
+  dedupeKey?: string;
+  idempotencyKey?: string;
+  count?: string;
+  json?: boolean;
+  databaseUrl?: string;
+}
+
+export interface EnqueueResult {
+  inserted: string[];
+  /** Rows dropped by dedupe, with the active event that holds their key. */
+  duplicates: { activeEventId: string | null }[];
+}
+
+/**
+ * Inserts events exactly as a producer would (the README's producer contract):
+ * as app_producer, with the tenant context set, in one transaction.
+ */
+export async function enqueueCommand(opts: EnqueueOptions, env: NodeJS.ProcessEnv = process.env): Promise<number> {
+  const tenant = parseUuid('--tenant', opts.tenant);
+  const payload = opts.payload === undefined ? {} : parseJsonObject('--payload', opts.payload);
+  const count = opts.count === undefined ? 1 : Number(opts.count);
+  if (!Number.isInteger(count) || count < 1 || count > 100_000) throw new UsageError('--count must be a whole number between 1 and 100000');
+
+  const config = loadEnvConfig(env);
+  const log = createLogger(config.logLevel === 'info' ? 'warn' : config.logLevel);
+  const conn = await resolveConnection(config, log, { as: 'superuser', url: opts.databaseUrl });
+  const client = new pg.Client({ connectionString: conn.url, application_name: 'outbox-dispatcher-enqueue' });
+  try {
+    try {
+      await client.connect();
+    } catch (err) {
+      throw new StartupError(`cannot connect to the database: ${(err as Error).message}`, EXIT.DATABASE_UNAVAILABLE, { cause: err });
+    }
+    const result = await enqueue(client, { tenant, type: opts.type, payload, dedupeKey: opts.dedupeKey, idempotencyKey: opts.idempotencyKey, count });
+    if (opts.json) printJson(result);
+    else {
+      for (const id of result.inserted) process.stdout.write(`enqueued ${id}\n`);
+      for (const d of result.duplicates) process.stdout.write(`duplicate dropped: active event ${d.activeEventId ?? '(finished meanwhile)'} holds the key\n`);
+    }
+    return EXIT.OK;
+  } finally {
+    await client.end().catch(() => undefined);
+    await conn.release();
+  }
+}
+
+export async function enqueue(
+  client: pg.ClientBase,
+  e: { tenant: string; type: string; payload: object; dedupeKey?: string | undefined; idempotencyKey?: string | undefined; count: number },
+): Promise<EnqueueResult> {
+  await client.query('BEGIN');
+  try {
+    const canProduce = await client.query<{ ok: boolean }>("SELECT pg_has_role(session_user, 'app_producer', 'MEMBER') AS ok");
+    if (canProduce.rows[0]?.ok) await client.query('SET LOCAL ROLE app_producer');
+    await client.query('SELECT public.set_restaurant_context($1::uuid)', [e.tenant]);
+    const inserted = await client.query<{ id: string }>(
+      `INSERT INTO capacity_outbox (restaurant_id, event_type, payload, dedupe_key, idempotency_key)
+       SELECT $1::uuid, $2, $3::jsonb, $4, $5 FROM generate_series(1, $6::int)
+       RETURNING id`,
+      [e.tenant, e.type, JSON.stringify(e.payload), e.dedupeKey ?? null, e.idempotencyKey ?? null, e.count],
+    );
+    const duplicates: EnqueueResult['duplicates'] = [];
+    const dropped = e.count - inserted.rowCount!;
+    if (dropped > 0) {
+      const holder = await client.query<{ id: string }>(
+        `SELECT id FROM capacity_outbox
+         WHERE restaurant_id = $1 AND event_type = $2 AND coalesce(dedupe_key, '') = coalesce($3, '')
+           AND coalesce(idempotency_key, '') = coalesce($4, '') AND status IN ('pending', 'processing')
+         LIMIT 1`,
+        [e.tenant, e.type, e.dedupeKey ?? null, e.idempotencyKey ?? null],
+      );
+      for (let i = 0; i < dropped; i++) duplicates.push({ activeEventId: holder.rows[0]?.id ?? null });
+    }
+    await client.query('COMMIT');
+    return { inserted: inserted.rows.map((r) => r.id), duplicates };
+  } catch (err) {
+    await client.query('ROLLBACK').catch(() => undefined);
+    throw err;
+  }
+}

@@ -1,0 +1,93 @@
+import { loadEnvConfig } from '../config/env.ts';
+import { eventStats, previewReplay, replayDead, type EventFilter } from '../db/queries/operator.ts';
+import { BACKGROUND_ROLE, createKysely, createPool } from '../db/pool.ts';
+import type { Database } from '../db/schema.ts';
+import { EXIT } from '../lifecycle/errors.ts';
+import { createLogger } from '../log.ts';
+import { resolveConnection } from './connection.ts';
+import { printJson, table } from './output.ts';
+import { parsePositiveInt, parseTime, parseTypePattern, parseUuid } from './parse.ts';
+import type { Kysely } from 'kysely';
+
+export interface FilterOptions {
+  type?: string[];
+  tenant?: string;
+  since?: string;
+  until?: string;
+  id?: string[];
+  databaseUrl?: string;
+  json?: boolean;
+}
+
+export function parseFilter(opts: FilterOptions): EventFilter {
+  return {
+    types: opts.type?.map((t) => parseTypePattern('--type', t)),
+    tenant: opts.tenant === undefined ? undefined : parseUuid('--tenant', opts.tenant),
+    since: opts.since === undefined ? undefined : parseTime('--since', opts.since),
+    until: opts.until === undefined ? undefined : parseTime('--until', opts.until),
+    ids: opts.id?.map((i) => parseUuid('--id', i)),
+  };
+}
+
+/** Runs `work` as app_background against DATABASE_URL or the embedded default. */
+async function withDatabase<T>(opts: FilterOptions, env: NodeJS.ProcessEnv, work: (db: Kysely<Database>) => Promise<T>): Promise<T> {
+  const config = loadEnvConfig(env);
+  const log = createLogger(config.logLevel === 'info' ? 'warn' : config.logLevel);
+  const conn = await resolveConnection(config, log, { as: 'dispatcher', url: opts.databaseUrl });
+  const db = createKysely(createPool({ connectionString: conn.url, max: 2, applicationName: 'outbox-dispatcher-cli', role: BACKGROUND_ROLE }));
+  try {
+    return await work(db);
+  } finally {
+    await db.destroy();
+    await conn.release();
+  }
+}
+
+export async function statsCommand(opts: FilterOptions & { all?: boolean }, env: NodeJS.ProcessEnv = process.env): Promise<number> {
+  const filter = parseFilter(opts);
+  const stats = await withDatabase(opts, env, (db) => eventStats(db, filter, { includeDone: opts.all }));
+  if (opts.json) {
+    printJson(stats);
+    return EXIT.OK;
+  }
+  const totals = new Map<string, number>();
+  for (const r of stats.rows) totals.set(r.status, (totals.get(r.status) ?? 0) + r.count);
+  const out = [
+    `totals: ${['pending', 'processing', 'dead', ...(opts.all ? ['done'] : [])].map((s) => `${s}=${totals.get(s) ?? 0}`).join(' ')}`,
+    `oldest due pending event waiting: ${stats.oldestDueAgeSeconds === null ? 'none due' : `${stats.oldestDueAgeSeconds.toFixed(1)} s`}`,
+    '',
+    table(stats.rows.map((r) => ({ status: r.status, event_type: r.event_type, count: r.count, oldest_created_at: r.oldest_created_at }))),
+  ];
+  if (!opts.all) out.push('', "('done' events are not counted; add --all to count them, which scans the whole table)");
+  process.stdout.write(`${out.join('\n')}\n`);
+  return EXIT.OK;
+}
+
+export async function replayCommand(
+  opts: FilterOptions & { dryRun?: boolean; limit?: string },
+  env: NodeJS.ProcessEnv = process.env,
+): Promise<number> {
+  const filter = parseFilter(opts);
+  const limit = opts.limit === undefined ? undefined : parsePositiveInt('--limit', opts.limit, 10_000_000);
+  return withDatabase(opts, env, async (db) => {
+    if (opts.dryRun) {
+      const preview = await previewReplay(db, filter, Math.min(limit ?? 50, 50));
+      const wouldTouch = limit === undefined ? preview.total : Math.min(limit, preview.total);
+      if (opts.json) printJson({ dryRun: true, wouldReplay: wouldTouch, sample: preview.sample });
+      else {
+        process.stdout.write(`dry run: would return ${wouldTouch} dead event(s) to pending; first ${preview.sample.length}:\n`);
+        process.stdout.write(`${table(preview.sample.map((r) => ({ ...r, last_error: r.last_error?.slice(0, 80) })))}\n`);
+      }
+      return EXIT.OK;
+    }
+    const result = await replayDead(db, filter, { max: limit });
+    if (opts.json) printJson(result);
+    else {
+      process.stdout.write(`replayed ${result.replayed} dead event(s) to pending\n`);
+      if (result.skippedDuplicateKey > 0) {
+        process.stdout.write(`left ${result.skippedDuplicateKey} dead: an active event already holds their dedupe key\n`);
+      }
+    }
+    return EXIT.OK;
+  });
+}

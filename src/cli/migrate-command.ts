@@ -1,0 +1,43 @@
+import pg from 'pg';
+import { loadEnvConfig } from '../config/env.ts';
+import { loadMigrations, migrate, migrationStatus } from '../db/migrator.ts';
+import { EXIT, StartupError } from '../lifecycle/errors.ts';
+import { createLogger } from '../log.ts';
+import { resolveConnection } from './connection.ts';
+import { printJson, table } from './output.ts';
+
+export interface MigrateOptions {
+  status?: boolean;
+  json?: boolean;
+  databaseUrl?: string;
+}
+
+/** Applies pending migrations (or reports them with --status; exit 79 when behind). */
+export async function migrateCommand(opts: MigrateOptions, env: NodeJS.ProcessEnv = process.env): Promise<number> {
+  const config = loadEnvConfig(env);
+  const log = createLogger(config.logLevel === 'info' ? 'warn' : config.logLevel);
+  const conn = await resolveConnection(config, log, { as: 'superuser', url: opts.databaseUrl ?? config.migrationDatabaseUrl });
+  const client = new pg.Client({ connectionString: conn.url, application_name: 'outbox-dispatcher-migrate' });
+  try {
+    try {
+      await client.connect();
+    } catch (err) {
+      throw new StartupError(`cannot connect to the database: ${(err as Error).message}`, EXIT.DATABASE_UNAVAILABLE, { cause: err });
+    }
+    const migrations = loadMigrations();
+    if (opts.status) {
+      const status = await migrationStatus(client, migrations);
+      const rows = migrations.map((m) => ({ migration: m.name, state: status.applied.includes(m.version) ? 'applied' : 'pending' }));
+      if (opts.json) printJson({ migrations: rows, unknown: status.unknown });
+      else process.stdout.write(`${table(rows)}\n`);
+      return status.pending.length > 0 ? EXIT.SCHEMA_BEHIND : EXIT.OK;
+    }
+    const applied = await migrate(client, { migrations });
+    if (opts.json) printJson({ applied });
+    else process.stdout.write(applied.length ? `applied: ${applied.join(', ')}\n` : 'schema is up to date\n');
+    return EXIT.OK;
+  } finally {
+    await client.end().catch(() => undefined);
+    await conn.release();
+  }
+}

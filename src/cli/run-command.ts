@@ -1,0 +1,49 @@
+import { loadEnvConfig, type EnvConfig } from '../config/env.ts';
+import { ConfigError } from '../config/errors.ts';
+import { compileRoutes, DEFAULT_EMBEDDED_ROUTES, loadRoutesFile, type Route } from '../config/routes.ts';
+import { preflight } from '../db/preflight.ts';
+import { Daemon } from '../lifecycle/daemon.ts';
+import { exitGracefullyOnSignals } from '../lifecycle/signals.ts';
+import { createLogger, redactUrl, type Logger } from '../log.ts';
+import { createSinks } from '../sinks/create-sinks.ts';
+import { resolveConnection } from './connection.ts';
+
+/** Config stage 2: everything `run` needs, validated before any connection is made. */
+export function loadRunConfig(env: NodeJS.ProcessEnv): { config: EnvConfig; routes: Route[] } {
+  const config = loadEnvConfig(env);
+  let file = DEFAULT_EMBEDDED_ROUTES;
+  if (config.routesSource) file = loadRoutesFile(config.routesSource);
+  else if (config.databaseUrl) {
+    throw new ConfigError('OUTBOX_ROUTES', 'is required when DATABASE_URL is set: a path to a routes file (JSON or YAML) or inline JSON');
+  }
+  return { config, routes: compileRoutes(file, config.dispatch.leaseMs) };
+}
+
+export async function runCommand(env: NodeJS.ProcessEnv = process.env): Promise<void> {
+  const { config, routes } = loadRunConfig(env);
+  const log: Logger = createLogger(config.logLevel);
+  const sinks = createSinks(routes, log, env);
+  const conn = await resolveConnection(config, log, { as: 'dispatcher' });
+  let daemon: Daemon | undefined;
+  try {
+    log.info({ database: redactUrl(conn.url), embedded: Boolean(conn.embedded) }, 'starting');
+    await preflight(conn.url, { allowPrivilegedRole: config.allowPrivilegedRole, log });
+    daemon = new Daemon({ config, connectionString: conn.url, routes, sinks, log });
+    await daemon.start();
+  } catch (err) {
+    await daemon?.stop().catch(() => undefined);
+    await conn.release().catch(() => undefined);
+    throw err;
+  }
+  if (conn.embedded) {
+    log.info(
+      { dataDir: conn.embedded.dir, port: conn.embedded.credentials.port },
+      'embedded PostgreSQL ready; in another terminal try: npm run cli -- enqueue --type booking.created --tenant 11111111-1111-4111-8111-111111111111',
+    );
+  }
+  const d = daemon;
+  exitGracefullyOnSignals(async () => {
+    await d.stop();
+    await conn.release();
+  }, log);
+}

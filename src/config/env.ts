@@ -1,0 +1,102 @@
+import os from 'node:os';
+import { z } from 'zod';
+import { ConfigError } from './errors.ts';
+import { boolVar, enumVar, intVar, postgresUrlVar, stringVar } from './env-schema.ts';
+
+export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
+
+/** Every environment variable the daemon reads, with its default and bounds. */
+export const envSchema = z.object({
+  DATABASE_URL: postgresUrlVar(),
+  MIGRATION_DATABASE_URL: postgresUrlVar(),
+  OUTBOX_ROUTES: stringVar(),
+  METRICS_PORT: intVar(9464, 0, 65535),
+  METRICS_HOST: stringVar(),
+  OUTBOX_BATCH_SIZE: intVar(100, 1, 5000),
+  OUTBOX_CONCURRENCY: intVar(32, 1, 1000),
+  OUTBOX_POLL_INTERVAL_MS: intVar(1000, 10, 600_000),
+  OUTBOX_LEASE_MS: intVar(30_000, 1000, 3_600_000),
+  OUTBOX_MAX_ATTEMPTS: intVar(10, 1, 1000),
+  OUTBOX_BACKOFF_BASE_MS: intVar(1000, 1, 3_600_000),
+  OUTBOX_BACKOFF_MAX_MS: intVar(300_000, 1, 86_400_000),
+  OUTBOX_SHUTDOWN_GRACE_MS: intVar(25_000, 0, 600_000),
+  OUTBOX_RESCUE_INTERVAL_MS: intVar(5000, 100, 600_000),
+  OUTBOX_POOL_SIZE: intVar(4, 2, 200),
+  OUTBOX_MAX_PAYLOAD_BYTES: intVar(1_048_576, 1, 104_857_600),
+  OUTBOX_WORKER_ID: stringVar(),
+  OUTBOX_ALLOW_PRIVILEGED_ROLE: boolVar(false),
+  OUTBOX_EMBEDDED_DIR: stringVar(),
+  OUTBOX_EMBEDDED_PORT: intVar(54329, 1, 65535),
+  LOG_LEVEL: enumVar(LOG_LEVELS, 'info'),
+});
+
+export type RawEnv = z.output<typeof envSchema>;
+
+export interface DispatchSettings {
+  workerId: string;
+  batchSize: number;
+  concurrency: number;
+  pollIntervalMs: number;
+  leaseMs: number;
+  maxAttempts: number;
+  backoffBaseMs: number;
+  backoffMaxMs: number;
+  shutdownGraceMs: number;
+  rescueIntervalMs: number;
+  maxPayloadBytes: number;
+}
+
+export interface EnvConfig {
+  /** Unset means: run on the embedded PostgreSQL under `embedded.dir`. */
+  databaseUrl: string | undefined;
+  migrationDatabaseUrl: string | undefined;
+  routesSource: string | undefined;
+  metrics: { port: number; host: string };
+  dispatch: DispatchSettings;
+  poolSize: number;
+  allowPrivilegedRole: boolean;
+  embedded: { dir: string; port: number };
+  logLevel: LogLevel;
+}
+
+/** Validates the environment; throws ConfigError naming the first bad key. */
+export function loadEnvConfig(env: NodeJS.ProcessEnv = process.env): EnvConfig {
+  const parsed = envSchema.safeParse(env);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]!;
+    throw new ConfigError(String(issue.path[0] ?? 'environment'), issue.message);
+  }
+  const e = parsed.data;
+  if (e.OUTBOX_BACKOFF_MAX_MS < e.OUTBOX_BACKOFF_BASE_MS) {
+    throw new ConfigError(
+      'OUTBOX_BACKOFF_MAX_MS',
+      `must be at least OUTBOX_BACKOFF_BASE_MS (${e.OUTBOX_BACKOFF_BASE_MS}), got ${e.OUTBOX_BACKOFF_MAX_MS}`,
+    );
+  }
+  const workerId = e.OUTBOX_WORKER_ID ?? `${os.hostname()}-${process.pid}`;
+  if (workerId.length > 200) throw new ConfigError('OUTBOX_WORKER_ID', 'must be at most 200 characters');
+  return {
+    databaseUrl: e.DATABASE_URL,
+    migrationDatabaseUrl: e.MIGRATION_DATABASE_URL,
+    routesSource: e.OUTBOX_ROUTES,
+    metrics: { port: e.METRICS_PORT, host: e.METRICS_HOST ?? '0.0.0.0' },
+    dispatch: {
+      workerId,
+      batchSize: e.OUTBOX_BATCH_SIZE,
+      concurrency: e.OUTBOX_CONCURRENCY,
+      pollIntervalMs: e.OUTBOX_POLL_INTERVAL_MS,
+      leaseMs: e.OUTBOX_LEASE_MS,
+      maxAttempts: e.OUTBOX_MAX_ATTEMPTS,
+      backoffBaseMs: e.OUTBOX_BACKOFF_BASE_MS,
+      backoffMaxMs: e.OUTBOX_BACKOFF_MAX_MS,
+      shutdownGraceMs: e.OUTBOX_SHUTDOWN_GRACE_MS,
+      rescueIntervalMs: e.OUTBOX_RESCUE_INTERVAL_MS,
+      maxPayloadBytes: e.OUTBOX_MAX_PAYLOAD_BYTES,
+    },
+    poolSize: e.OUTBOX_POOL_SIZE,
+    allowPrivilegedRole: e.OUTBOX_ALLOW_PRIVILEGED_ROLE,
+    embedded: { dir: e.OUTBOX_EMBEDDED_DIR ?? '.data/postgres', port: e.OUTBOX_EMBEDDED_PORT },
+    logLevel: e.LOG_LEVEL,
+  };
+}

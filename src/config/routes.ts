@@ -1,0 +1,137 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import YAML from 'yaml';
+import { z } from 'zod';
+import { ConfigError } from './errors.ts';
+
+const ROUTES_KEY = 'OUTBOX_ROUTES';
+
+/** Event types and match patterns: letters, digits and . _ : - (patterns add *). */
+export const EVENT_TYPE_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$/;
+const MATCH_PATTERN = /^[A-Za-z0-9._:*-]{1,200}$/;
+const ENV_NAME = /^[A-Z_][A-Z0-9_]{0,127}$/;
+
+const sinkName = z.string().regex(/^[A-Za-z0-9_.:-]{1,64}$/, 'letters, digits and _ . : - only (1-64)');
+
+const httpSinkSchema = z
+  .object({
+    type: z.literal('http'),
+    name: sinkName.optional(),
+    url: z
+      .string()
+      .url()
+      .refine((u) => /^https?:\/\//i.test(u), 'must be an http:// or https:// URL'),
+    timeoutMs: z.number().int().min(1).max(600_000).default(5000),
+    headers: z.record(z.string().regex(/^[A-Za-z0-9-]{1,128}$/, 'invalid header name'), z.string()).default({}),
+    hmacSecretEnv: z.string().regex(ENV_NAME, 'must name an environment variable (A-Z, 0-9, _)').optional(),
+  })
+  .strict();
+
+const logSinkSchema = z
+  .object({
+    type: z.literal('log'),
+    name: sinkName.optional(),
+    level: z.enum(['info', 'debug', 'warn']).default('info'),
+  })
+  .strict();
+
+const noopSinkSchema = z.object({ type: z.literal('noop'), name: sinkName.optional() }).strict();
+
+export const sinkConfigSchema = z.discriminatedUnion('type', [httpSinkSchema, logSinkSchema, noopSinkSchema]);
+
+export const routesFileSchema = z
+  .object({
+    routes: z
+      .array(
+        z
+          .object({
+            match: z.string().regex(MATCH_PATTERN, 'must be an event type pattern: letters, digits, . _ : - and * only'),
+            sink: sinkConfigSchema,
+          })
+          .strict(),
+      )
+      .min(1, 'needs at least one route'),
+  })
+  .strict();
+
+export type SinkConfig = z.output<typeof sinkConfigSchema>;
+export type HttpSinkConfig = z.output<typeof httpSinkSchema>;
+export type RoutesFile = z.output<typeof routesFileSchema>;
+
+export interface Route {
+  match: string;
+  regex: RegExp;
+  /** Unique per routes file; metrics label. */
+  sinkName: string;
+  sink: SinkConfig;
+}
+
+/** The embedded demo's routing: everything to the log sink. */
+export const DEFAULT_EMBEDDED_ROUTES: RoutesFile = { routes: [{ match: '*', sink: { type: 'log', level: 'info' } }] };
+
+/** `*` matches any run of characters (dots included); everything else is literal. */
+export function compilePattern(pattern: string): RegExp {
+  const body = pattern
+    .split('*')
+    .map((part) => part.replace(/[.+?^${}()|[\]\\-]/g, '\\$&'))
+    .join('.*');
+  return new RegExp(`^${body}$`);
+}
+
+/**
+ * Reads OUTBOX_ROUTES: a path to a .json/.yaml/.yml file, or inline JSON (starts with "{").
+ */
+export function loadRoutesFile(source: string, cwd = process.cwd()): RoutesFile {
+  let text: string;
+  let where: string;
+  if (source.trimStart().startsWith('{')) {
+    text = source;
+    where = 'inline JSON';
+  } else {
+    const file = path.resolve(cwd, source);
+    where = file;
+    try {
+      text = fs.readFileSync(file, 'utf8');
+    } catch (err) {
+      throw new ConfigError(ROUTES_KEY, `cannot read routes file ${file}: ${(err as Error).message}`);
+    }
+  }
+  let data: unknown;
+  try {
+    data = /\.ya?ml$/i.test(where) ? YAML.parse(text) : JSON.parse(text);
+  } catch (err) {
+    throw new ConfigError(ROUTES_KEY, `${where} is not valid ${/\.ya?ml$/i.test(where) ? 'YAML' : 'JSON'}: ${(err as Error).message}`);
+  }
+  return parseRoutes(data, where);
+}
+
+export function parseRoutes(data: unknown, where = 'routes'): RoutesFile {
+  const parsed = routesFileSchema.safeParse(data);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]!;
+    const at = issue.path.map((p) => (typeof p === 'number' ? `[${p}]` : `.${String(p)}`)).join('').replace(/^\./, '');
+    throw new ConfigError(ROUTES_KEY, `${where}: ${at || '(root)'}: ${issue.message}`);
+  }
+  return parsed.data;
+}
+
+export function compileRoutes(file: RoutesFile, leaseMs: number): Route[] {
+  const names = new Set<string>();
+  return file.routes.map((route, i) => {
+    const name = route.sink.name ?? (file.routes.filter((r) => r.sink.type === route.sink.type).length > 1 ? `${route.sink.type}-${i}` : route.sink.type);
+    if (names.has(name)) throw new ConfigError(ROUTES_KEY, `routes[${i}].sink.name: duplicate sink name ${JSON.stringify(name)}`);
+    names.add(name);
+    if (route.sink.type === 'http' && route.sink.timeoutMs >= leaseMs) {
+      throw new ConfigError(
+        ROUTES_KEY,
+        `routes[${i}].sink.timeoutMs (${route.sink.timeoutMs}) must be below OUTBOX_LEASE_MS (${leaseMs}) so a lease outlives every call`,
+      );
+    }
+    return { match: route.match, regex: compilePattern(route.match), sinkName: name, sink: route.sink };
+  });
+}
+
+/** First match wins. */
+export function findRoute(routes: readonly Route[], eventType: string): Route | undefined {
+  return routes.find((r) => r.regex.test(eventType));
+}

@@ -1,0 +1,42 @@
+import pg from 'pg';
+import { Kysely, PostgresDialect } from 'kysely';
+import type { Database } from './schema.ts';
+
+export const BACKGROUND_ROLE = 'app_background';
+
+export interface PoolOptions {
+  connectionString: string;
+  max: number;
+  applicationName: string;
+  /** Role every pooled session switches to before its first query. */
+  role?: string;
+}
+
+/**
+ * A pg pool whose sessions run as `role`. The role is a startup parameter
+ * (`-c role=...`), so the server switches before the first query and refuses the
+ * connection outright when the login role may not assume it; RESET ROLE returns to it.
+ */
+export function createPool(opts: PoolOptions): pg.Pool {
+  const pool = new pg.Pool({
+    connectionString: opts.connectionString,
+    max: opts.max,
+    application_name: opts.applicationName,
+    idleTimeoutMillis: 30_000,
+    connectionTimeoutMillis: 10_000,
+    ...(opts.role ? { options: `-c role=${assertRoleName(opts.role)}` } : {}),
+  });
+  // An idle client losing its server is not fatal: the pool drops it and reconnects.
+  pool.on('error', () => undefined);
+  return pool;
+}
+
+export function createKysely(pool: pg.Pool): Kysely<Database> {
+  return new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
+}
+
+/** Role names reach a startup option, so only plain identifiers are accepted. */
+export function assertRoleName(role: string): string {
+  if (!/^[a-z_][a-z0-9_]{0,62}$/.test(role)) throw new Error(`invalid role name ${JSON.stringify(role)}`);
+  return role;
+}

@@ -1,0 +1,171 @@
+import { sql, type Expression, type ExpressionBuilder, type Kysely, type SqlBool } from 'kysely';
+import type { Database, OutboxStatus } from '../schema.ts';
+
+// Queries behind the on-call CLI (events stats, events replay). They use the
+// dispatch index (status, next_attempt_at) and never scan 'done' rows unless asked.
+
+export interface EventFilter {
+  /** Event type patterns; `*` matches any run of characters. */
+  types?: string[];
+  tenant?: string;
+  /** created_at >= since */
+  since?: Date;
+  /** created_at < until */
+  until?: Date;
+  ids?: string[];
+}
+
+/** `booking.*` -> `booking.%`, with LIKE's own wildcards escaped. */
+export function patternToLike(pattern: string): string {
+  return pattern.replace(/[\\%_]/g, '\\$&').replace(/\*/g, '%');
+}
+
+function filterExpr(eb: ExpressionBuilder<Database, 'capacity_outbox'>, f: EventFilter): Expression<SqlBool> {
+  const parts: Expression<SqlBool>[] = [];
+  if (f.types?.length) parts.push(eb.or(f.types.map((t) => eb('event_type', 'like', patternToLike(t)))));
+  if (f.tenant) parts.push(eb('restaurant_id', '=', f.tenant));
+  if (f.since) parts.push(eb('created_at', '>=', f.since));
+  if (f.until) parts.push(eb('created_at', '<', f.until));
+  if (f.ids?.length) parts.push(eb('id', 'in', f.ids));
+  return eb.and(parts);
+}
+
+export interface StatsRow {
+  status: OutboxStatus;
+  event_type: string;
+  count: number;
+  oldest_created_at: Date | null;
+}
+
+export interface EventStats {
+  rows: StatsRow[];
+  /** Seconds the oldest due pending event has waited past next_attempt_at (lag). */
+  oldestDueAgeSeconds: number | null;
+}
+
+export async function eventStats(db: Kysely<Database>, filter: EventFilter, opts: { includeDone?: boolean } = {}): Promise<EventStats> {
+  const statuses: OutboxStatus[] = opts.includeDone ? ['pending', 'processing', 'dead', 'done'] : ['pending', 'processing', 'dead'];
+  const rows = await db
+    .selectFrom('capacity_outbox')
+    .select((eb) => ['status', 'event_type', eb.fn.countAll<string>().as('count'), eb.fn.min('created_at').as('oldest_created_at')])
+    .where('status', 'in', statuses)
+    .where((eb) => filterExpr(eb, filter))
+    .groupBy(['status', 'event_type'])
+    .orderBy('status')
+    .orderBy('event_type')
+    .execute();
+  const lag = await db
+    .selectFrom('capacity_outbox')
+    .select(sql<number>`extract(epoch FROM now() - next_attempt_at)::float8`.as('age'))
+    .where('status', '=', 'pending')
+    .where('next_attempt_at', '<=', sql<Date>`now()`)
+    .where((eb) => filterExpr(eb, filter))
+    .orderBy('next_attempt_at')
+    .limit(1)
+    .executeTakeFirst();
+  return {
+    rows: rows.map((r) => ({ ...r, count: Number(r.count) })),
+    oldestDueAgeSeconds: lag ? Number(lag.age) : null,
+  };
+}
+
+export interface DeadEventRow {
+  id: string;
+  event_type: string;
+  restaurant_id: string;
+  created_at: Date;
+  attempts: number;
+  last_error: string | null;
+}
+
+/** The dead events a replay with this filter would touch (first `limit`), and how many in all. */
+export async function previewReplay(
+  db: Kysely<Database>,
+  filter: EventFilter,
+  limit: number,
+): Promise<{ total: number; sample: DeadEventRow[] }> {
+  const base = db
+    .selectFrom('capacity_outbox')
+    .where('status', '=', 'dead')
+    .where((eb) => filterExpr(eb, filter));
+  const { total } = await base.select((eb) => eb.fn.countAll<string>().as('total')).executeTakeFirstOrThrow();
+  const sample = await base
+    .select(['id', 'event_type', 'restaurant_id', 'created_at', 'attempts', 'last_error'])
+    .orderBy('created_at')
+    .orderBy('id')
+    .limit(limit)
+    .execute();
+  return { total: Number(total), sample };
+}
+
+export interface ReplayResult {
+  /** Dead events moved back to pending with a fresh attempt budget. */
+  replayed: number;
+  /** Left dead because an active event already holds their dedupe key. */
+  skippedDuplicateKey: number;
+}
+
+/**
+ * Moves matching dead events back to pending, in keyset-ordered batches so a large
+ * replay never holds many row locks at once. The dedupe trigger refuses (skips)
+ * an event whose key an active event holds; those are counted, not lost.
+ */
+export async function replayDead(
+  db: Kysely<Database>,
+  filter: EventFilter,
+  opts: { batchSize?: number; max?: number } = {},
+): Promise<ReplayResult> {
+  const batchSize = opts.batchSize ?? 500;
+  const max = opts.max ?? Number.POSITIVE_INFINITY;
+  const result: ReplayResult = { replayed: 0, skippedDuplicateKey: 0 };
+  let cursor: { createdAt: string; id: string } | undefined;
+  while (result.replayed + result.skippedDuplicateKey < max) {
+    const take = Math.min(batchSize, max - result.replayed - result.skippedDuplicateKey);
+    const after = cursor;
+    const row = await db
+      .with('candidates', (qb) =>
+        qb
+          .selectFrom('capacity_outbox')
+          .select(['id', 'created_at'])
+          .where('status', '=', 'dead')
+          .where((eb) => filterExpr(eb, filter))
+          .$if(after !== undefined, (q) =>
+            q.where((eb) => eb(eb.refTuple('created_at', 'id'), '>', eb.tuple(sql<Date>`${after!.createdAt}::timestamptz`, after!.id))),
+          )
+          .orderBy('created_at')
+          .orderBy('id')
+          .limit(take)
+          .forUpdate(),
+      )
+      .with('replayed', (qb) =>
+        qb
+          .updateTable('capacity_outbox as o')
+          .from('candidates as c')
+          .set({ status: 'pending', attempts: 0, next_attempt_at: sql<Date>`now()`, locked_by: null, locked_until: null })
+          .whereRef('o.id', '=', 'c.id')
+          .whereRef('o.created_at', '=', 'c.created_at')
+          .returning('o.id'),
+      )
+      .selectNoFrom((eb) => [
+        eb.selectFrom('candidates').select(eb.fn.countAll<string>().as('n')).as('seen'),
+        eb.selectFrom('replayed').select(eb.fn.countAll<string>().as('n')).as('replayed'),
+        eb
+          .selectFrom('candidates')
+          .select(sql<string>`created_at::text`.as('k'))
+          .orderBy('created_at', 'desc')
+          .orderBy('id', 'desc')
+          .limit(1)
+          .as('last_created_at'),
+        eb.selectFrom('candidates').select('id').orderBy('created_at', 'desc').orderBy('id', 'desc').limit(1).as('last_id'),
+      ])
+      .executeTakeFirstOrThrow();
+    const seen = Number(row.seen ?? 0);
+    const replayed = Number(row.replayed ?? 0);
+    result.replayed += replayed;
+    result.skippedDuplicateKey += seen - replayed;
+    if (seen < take || !row.last_id || !row.last_created_at) break;
+    cursor = { createdAt: row.last_created_at, id: row.last_id };
+  }
+  if (result.replayed > 0) await sql`SELECT pg_notify('capacity_outbox', '')`.execute(db);
+  return result;
+}

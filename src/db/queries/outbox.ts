@@ -1,0 +1,169 @@
+import { sql, type Kysely } from 'kysely';
+import type { Database, OutboxStatus } from '../schema.ts';
+
+// The hot-path queries of the dispatcher: claim, complete, rescue. Each is one
+// statement; none holds a transaction open beyond itself.
+
+export interface ClaimedRow {
+  id: string;
+  /** created_at as PostgreSQL prints it: round-trips with microsecond precision. */
+  created_at_key: string;
+  created_at: Date;
+  restaurant_id: string;
+  event_type: string;
+  payload: unknown;
+  dedupe_key: string | null;
+  idempotency_key: string | null;
+  attempts: number;
+}
+
+const LEASE = (ms: number) => sql<Date>`now() + ${ms} * interval '1 millisecond'`;
+
+/**
+ * Claims up to `limit` due events for `workerId` with a lease of `leaseMs`.
+ * The inner SELECT walks capacity_outbox_dispatch_idx (status, next_attempt_at);
+ * SKIP LOCKED lets any number of workers claim side by side without waiting.
+ * While processing, next_attempt_at holds the lease expiry (see rescueExpiredLeases).
+ */
+export async function claimBatch(
+  db: Kysely<Database>,
+  args: { workerId: string; limit: number; leaseMs: number },
+): Promise<ClaimedRow[]> {
+  return db
+    .with('due', (qb) =>
+      qb
+        .selectFrom('capacity_outbox')
+        .select(['id', 'created_at'])
+        .where('status', '=', 'pending')
+        .where('next_attempt_at', '<=', sql<Date>`now()`)
+        .orderBy('next_attempt_at')
+        .limit(args.limit)
+        .forUpdate()
+        .skipLocked(),
+    )
+    .updateTable('capacity_outbox as o')
+    .from('due')
+    .set((eb) => ({
+      status: 'processing',
+      attempts: eb('o.attempts', '+', 1),
+      locked_by: args.workerId,
+      locked_until: LEASE(args.leaseMs),
+      next_attempt_at: LEASE(args.leaseMs),
+    }))
+    .whereRef('o.id', '=', 'due.id')
+    .whereRef('o.created_at', '=', 'due.created_at')
+    .returning([
+      'o.id',
+      sql<string>`o.created_at::text`.as('created_at_key'),
+      'o.created_at',
+      'o.restaurant_id',
+      'o.event_type',
+      'o.payload',
+      'o.dedupe_key',
+      'o.idempotency_key',
+      'o.attempts',
+    ])
+    .execute();
+}
+
+export type Outcome =
+  | { kind: 'done' }
+  | { kind: 'retry'; delayMs: number; error: string }
+  | { kind: 'dead'; error: string }
+  /** Not attempted (shutdown, lease too short): back to pending, attempt not counted. */
+  | { kind: 'release' };
+
+export interface Completion {
+  id: string;
+  createdAtKey: string;
+  /** The attempt number the claim gave; guards against completing a re-claimed event. */
+  attempt: number;
+  outcome: Outcome;
+}
+
+const STATUS_OF: Record<Outcome['kind'], OutboxStatus> = {
+  done: 'done',
+  retry: 'pending',
+  dead: 'dead',
+  release: 'pending',
+};
+
+/**
+ * Writes a batch of outcomes in one statement. Only rows still leased by this
+ * worker at the same attempt change; the ids returned are the ones that did.
+ */
+export async function completeBatch(db: Kysely<Database>, workerId: string, items: Completion[]): Promise<Set<string>> {
+  if (items.length === 0) return new Set();
+  const ids = items.map((c) => c.id);
+  const createdAt = items.map((c) => c.createdAtKey);
+  const attempts = items.map((c) => c.attempt);
+  const statuses = items.map((c) => STATUS_OF[c.outcome.kind]);
+  const delays = items.map((c) => (c.outcome.kind === 'retry' ? Math.max(0, Math.round(c.outcome.delayMs)) : 0));
+  const errors = items.map((c) => ('error' in c.outcome ? c.outcome.error.slice(0, 4000) : null));
+  const released = items.map((c) => c.outcome.kind === 'release');
+  // unnest() over parallel arrays has no Kysely builder; this is the one raw statement.
+  const result = await sql<{ id: string }>`
+    UPDATE capacity_outbox AS o SET
+      status          = v.status,
+      attempts        = CASE WHEN v.released THEN o.attempts - 1 ELSE o.attempts END,
+      next_attempt_at = CASE WHEN v.status = 'pending'
+                             THEN now() + v.delay_ms * interval '1 millisecond'
+                             ELSE o.next_attempt_at END,
+      last_error      = COALESCE(v.error, o.last_error),
+      dispatched_at   = CASE WHEN v.status = 'done' THEN now() ELSE o.dispatched_at END,
+      locked_by       = NULL,
+      locked_until    = NULL
+    FROM unnest(${ids}::uuid[], ${createdAt}::timestamptz[], ${attempts}::int[], ${statuses}::text[],
+                ${delays}::bigint[], ${errors}::text[], ${released}::boolean[])
+         AS v(id, created_at, attempt, status, delay_ms, error, released)
+    WHERE o.id = v.id
+      AND o.created_at = v.created_at
+      AND o.status = 'processing'
+      AND o.locked_by = ${workerId}
+      AND o.attempts = v.attempt
+    RETURNING o.id`.execute(db);
+  return new Set(result.rows.map((r) => r.id));
+}
+
+export interface RescueResult {
+  requeued: number;
+  deadLettered: number;
+}
+
+/**
+ * Returns events whose lease expired (their worker died or hung) to pending, or
+ * dead-letters them when the expired attempt was their last: an event that keeps
+ * killing workers must not loop forever.
+ */
+export async function rescueExpiredLeases(
+  db: Kysely<Database>,
+  args: { limit: number; maxAttempts: number },
+): Promise<RescueResult> {
+  const rows = await db
+    .with('expired', (qb) =>
+      qb
+        .selectFrom('capacity_outbox')
+        .select(['id', 'created_at'])
+        .where('status', '=', 'processing')
+        .where('next_attempt_at', '<=', sql<Date>`now()`)
+        .orderBy('next_attempt_at')
+        .limit(args.limit)
+        .forUpdate()
+        .skipLocked(),
+    )
+    .updateTable('capacity_outbox as o')
+    .from('expired')
+    .set((eb) => ({
+      status: eb.case().when('o.attempts', '>=', args.maxAttempts).then(sql<OutboxStatus>`'dead'`).else(sql<OutboxStatus>`'pending'`).end(),
+      last_error: sql<string>`'lease expired: worker ' || coalesce(o.locked_by, '?') || ' did not finish attempt ' || o.attempts`,
+      next_attempt_at: sql<Date>`now()`,
+      locked_by: null,
+      locked_until: null,
+    }))
+    .whereRef('o.id', '=', 'expired.id')
+    .whereRef('o.created_at', '=', 'expired.created_at')
+    .returning(['o.status'])
+    .execute();
+  const deadLettered = rows.filter((r) => r.status === 'dead').length;
+  return { requeued: rows.length - deadLettered, deadLettered };
+}

@@ -1,0 +1,47 @@
+import type { ColumnType, Generated } from 'kysely';
+
+// Mirrors migrations/*.sql; keep the two in step.
+
+export const OUTBOX_STATUSES = ['pending', 'processing', 'done', 'dead'] as const;
+export type OutboxStatus = (typeof OUTBOX_STATUSES)[number];
+
+type Timestamp = ColumnType<Date, Date | string, Date | string>;
+
+export interface CapacityOutboxTable {
+  id: Generated<string>;
+  restaurant_id: string;
+  event_type: string;
+  payload: ColumnType<unknown, string | undefined, string>;
+  dedupe_key: string | null;
+  idempotency_key: string | null;
+  status: Generated<OutboxStatus>;
+  attempts: Generated<number>;
+  next_attempt_at: ColumnType<Date, Date | string | undefined, Date | string>;
+  locked_by: string | null;
+  locked_until: Timestamp | null;
+  last_error: string | null;
+  created_at: ColumnType<Date, Date | string | undefined, never>;
+  dispatched_at: Timestamp | null;
+}
+
+export interface ActiveKeysTable {
+  restaurant_id: string;
+  event_type: string;
+  dedupe_key: string;
+  idempotency_key: string;
+  event_id: string;
+  event_created_at: Date;
+}
+
+export interface SchemaMigrationsTable {
+  version: string;
+  name: string;
+  checksum: string;
+  applied_at: Generated<Date>;
+}
+
+export interface Database {
+  capacity_outbox: CapacityOutboxTable;
+  'outbox_dispatcher.capacity_outbox_active_keys': ActiveKeysTable;
+  'outbox_dispatcher.schema_migrations': SchemaMigrationsTable;
+}

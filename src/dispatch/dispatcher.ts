@@ -1,0 +1,230 @@
+import type { Kysely } from 'kysely';
+import pLimit, { type LimitFunction } from 'p-limit';
+import type { DispatchSettings } from '../config/env.ts';
+import { findRoute, type Route } from '../config/routes.ts';
+import { claimBatch, type ClaimedRow, type Outcome } from '../db/queries/outbox.ts';
+import type { Database } from '../db/schema.ts';
+import { jitter, reconnectDelayMs, sleep, type Service } from '../lifecycle/service.ts';
+import type { Logger } from '../log.ts';
+import type { DispatcherMetrics } from '../metrics/metrics.ts';
+import type { Sink } from '../sinks/types.ts';
+import type { TenantScope } from '../tenancy/scope.ts';
+import type { Completer } from './completer.ts';
+import { checkEvent } from './event.ts';
+import { outcomeForFailure } from './retry-policy.ts';
+import { Wakeup } from './wakeup.ts';
+
+export interface DispatcherDeps {
+  db: Kysely<Database>;
+  log: Logger;
+  metrics: DispatcherMetrics;
+  completer: Completer;
+  routes: readonly Route[];
+  sinks: ReadonlyMap<string, Sink>;
+  tenantScope: TenantScope;
+  settings: DispatchSettings;
+}
+
+export type DispatcherState = 'idle' | 'running' | 'draining' | 'stopped';
+
+/**
+ * The claim loop. Claims due events in batches (one statement each), dispatches
+ * them with bounded concurrency, and hands outcomes to the completer. A NOTIFY
+ * pokes it; a jittered poll is the source of truth.
+ */
+export class Dispatcher implements Service {
+  readonly name = 'dispatcher';
+  readonly #d: DispatcherDeps;
+  readonly #log: Logger;
+  readonly #limit: LimitFunction;
+  readonly #wakeup = new Wakeup();
+  readonly #stopLoop = new AbortController();
+  /** Aborts sends still running when the shutdown grace period ends. */
+  readonly #abortSends = new AbortController();
+  readonly #tasks = new Set<Promise<void>>();
+  readonly #maxHeld: number;
+  #held = 0;
+  #waitingForSlot = false;
+  #state: DispatcherState = 'idle';
+  #loop: Promise<void> | undefined;
+  #stopping: Promise<void> | undefined;
+
+  constructor(deps: DispatcherDeps) {
+    this.#d = deps;
+    this.#log = deps.log.child({ component: 'dispatcher' });
+    this.#limit = pLimit(deps.settings.concurrency);
+    // Claimed-but-unfinished events are bounded: memory stays flat however deep the backlog.
+    this.#maxHeld = deps.settings.concurrency + deps.settings.batchSize;
+  }
+
+  get state(): DispatcherState {
+    return this.#state;
+  }
+
+  /** Events claimed and not yet finished. */
+  get held(): number {
+    return this.#held;
+  }
+
+  async start(): Promise<void> {
+    if (this.#state !== 'idle') return;
+    this.#state = 'running';
+    this.#loop = this.#run();
+  }
+
+  /** A hint that events may be due (NOTIFY, rescue, reconnect). */
+  poke(): void {
+    this.#wakeup.poke();
+  }
+
+  async #run(): Promise<void> {
+    const { settings, metrics } = this.#d;
+    let failures = 0;
+    while (!this.#stopLoop.signal.aborted) {
+      const free = this.#maxHeld - this.#held;
+      if (free <= 0) {
+        this.#waitingForSlot = true;
+        await this.#wakeup.wait(settings.pollIntervalMs);
+        this.#waitingForSlot = false;
+        continue;
+      }
+      const limit = Math.min(settings.batchSize, free);
+      const claimedAt = Date.now();
+      let rows: ClaimedRow[];
+      const endTimer = metrics.claimDuration.startTimer();
+      try {
+        rows = await claimBatch(this.#d.db, { workerId: settings.workerId, limit, leaseMs: settings.leaseMs });
+        endTimer();
+        failures = 0;
+      } catch (err) {
+        failures++;
+        metrics.claimErrors.inc();
+        const delay = reconnectDelayMs(failures, 250, 15_000);
+        this.#log.error({ err, failures, retryInMs: delay }, 'claiming events failed');
+        await sleep(delay, this.#stopLoop.signal);
+        continue;
+      }
+      metrics.claimBatchSize.observe(rows.length);
+      for (const row of rows) this.#schedule(row, claimedAt + settings.leaseMs);
+      if (rows.length < limit && !this.#stopLoop.signal.aborted) {
+        await this.#wakeup.wait(jitter(settings.pollIntervalMs));
+      }
+    }
+  }
+
+  #schedule(row: ClaimedRow, leaseDeadline: number): void {
+    this.#held++;
+    this.#d.metrics.inflight.inc();
+    const task = this.#limit(() => this.#handle(row, leaseDeadline))
+      .catch((err: unknown) => this.#log.error({ err, eventId: row.id }, 'unexpected error handling event'))
+      .finally(() => {
+        this.#held--;
+        this.#d.metrics.inflight.dec();
+        this.#tasks.delete(task);
+        if (this.#waitingForSlot) this.#wakeup.poke();
+      });
+    this.#tasks.add(task);
+  }
+
+  async #handle(row: ClaimedRow, leaseDeadline: number): Promise<void> {
+    const { settings, metrics, routes, sinks } = this.#d;
+    const attempt = row.attempts;
+    const finish = (outcome: Outcome, sink?: string) => {
+      this.#d.completer.add({ id: row.id, createdAtKey: row.created_at_key, attempt, outcome });
+      this.#record(row, outcome, sink);
+    };
+
+    if (this.#state !== 'running') return finish({ kind: 'release' }, undefined);
+
+    const checked = checkEvent(row, settings.maxPayloadBytes);
+    if (!checked.ok) return finish({ kind: 'dead', error: checked.reason });
+    const route = findRoute(routes, row.event_type);
+    if (!route) return finish({ kind: 'dead', error: `unrouted: no route in OUTBOX_ROUTES matches event type ${row.event_type}` });
+    const sink = sinks.get(route.sinkName)!;
+
+    // Never start a call the lease cannot cover: another worker could claim the event mid-call.
+    const margin = Math.min(1000, settings.leaseMs / 10);
+    if (Date.now() + sink.timeoutMs + margin > leaseDeadline) {
+      metrics.eventsReleased.inc({ reason: 'lease_at_risk' });
+      return finish({ kind: 'release' }, sink.name);
+    }
+
+    const endTimer = metrics.dispatchDuration.startTimer({ sink: sink.name });
+    let outcome: Outcome;
+    try {
+      await sink.send(checked.event, {
+        signal: this.#abortSends.signal,
+        withTenant: (work) => this.#d.tenantScope.run(row.restaurant_id, work),
+      });
+      outcome = { kind: 'done' };
+    } catch (err) {
+      outcome = outcomeForFailure(err, attempt, settings);
+      if (outcome.kind === 'release') metrics.eventsReleased.inc({ reason: 'shutdown' });
+    }
+    endTimer();
+    finish(outcome, sink.name);
+  }
+
+  #record(row: ClaimedRow, outcome: Outcome, sink: string | undefined): void {
+    const fields = {
+      eventId: row.id,
+      eventType: row.event_type,
+      restaurantId: row.restaurant_id,
+      attempt: row.attempts,
+      sink,
+      outcome: outcome.kind,
+    };
+    const eventType = this.#d.metrics.eventTypeLabel(row.event_type);
+    switch (outcome.kind) {
+      case 'done':
+        this.#d.metrics.eventsDispatched.inc({ outcome: 'success', event_type: eventType });
+        this.#log.debug(fields, 'event dispatched');
+        break;
+      case 'retry':
+        this.#d.metrics.eventsDispatched.inc({ outcome: 'retry', event_type: eventType });
+        this.#log.warn({ ...fields, retryInMs: outcome.delayMs, error: outcome.error }, 'dispatch failed; will retry');
+        break;
+      case 'dead':
+        this.#d.metrics.eventsDispatched.inc({ outcome: 'dead', event_type: eventType });
+        this.#log.error({ ...fields, error: outcome.error }, 'event dead-lettered');
+        break;
+      case 'release':
+        this.#log.debug(fields, 'event released unattempted');
+        break;
+    }
+  }
+
+  /**
+   * Stops claiming, releases events not yet started, lets running sends finish
+   * within graceMs, then aborts the rest (released back to pending).
+   */
+  stop(graceMs = this.#d.settings.shutdownGraceMs): Promise<void> {
+    this.#stopping ??= this.#drain(graceMs);
+    return this.#stopping;
+  }
+
+  async #drain(graceMs: number): Promise<void> {
+    if (this.#state === 'idle') {
+      this.#state = 'stopped';
+      return;
+    }
+    this.#state = 'draining';
+    this.#stopLoop.abort();
+    this.#wakeup.poke();
+    await this.#loop;
+    this.#log.info({ inFlight: this.#held, graceMs }, 'draining in-flight events');
+    const settled = Promise.allSettled([...this.#tasks]);
+    const timedOut = await Promise.race([settled.then(() => false), sleep(graceMs).then(() => true)]);
+    if (timedOut && this.#tasks.size > 0) {
+      this.#log.warn({ aborting: this.#tasks.size }, 'grace period over; aborting running sends');
+      this.#abortSends.abort();
+      // A sink that ignores its abort signal is bounded by its own timeout; its events'
+      // leases expire and the rescuer returns them.
+      await Promise.race([Promise.allSettled([...this.#tasks]), sleep(5000)]);
+    }
+    this.#state = 'stopped';
+    if (this.#tasks.size > 0) this.#log.error({ stuck: this.#tasks.size }, 'sends still running after abort; their leases will expire');
+    else this.#log.info('dispatcher drained');
+  }
+}
+

@@ -1,0 +1,48 @@
+import { EVENT_TYPE_PATTERN } from '../config/routes.ts';
+import type { ClaimedRow } from '../db/queries/outbox.ts';
+
+/** What a sink is given: one event, already validated. */
+export interface OutboxEvent {
+  id: string;
+  restaurantId: string;
+  eventType: string;
+  payload: Record<string, unknown>;
+  createdAt: Date;
+  /** 1 on the first attempt. */
+  attempt: number;
+  dedupeKey: string | null;
+  idempotencyKey: string | null;
+}
+
+export type EventCheck = { ok: true; event: OutboxEvent } | { ok: false; reason: string };
+
+/**
+ * Rejects events no sink should see. The database accepts them so a producer's
+ * transaction never fails on them; the dispatcher dead-letters them with the reason.
+ */
+export function checkEvent(row: ClaimedRow, maxPayloadBytes: number): EventCheck {
+  if (!EVENT_TYPE_PATTERN.test(row.event_type)) {
+    return { ok: false, reason: `malformed: event_type ${JSON.stringify(row.event_type.slice(0, 80))} is not letters, digits and . _ : - (max 200)` };
+  }
+  const payload = row.payload;
+  if (payload === null || typeof payload !== 'object' || Array.isArray(payload)) {
+    return { ok: false, reason: `malformed: payload must be a JSON object, got ${Array.isArray(payload) ? 'array' : payload === null ? 'null' : typeof payload}` };
+  }
+  const size = Buffer.byteLength(JSON.stringify(payload));
+  if (size > maxPayloadBytes) {
+    return { ok: false, reason: `malformed: payload is ${size} bytes, over OUTBOX_MAX_PAYLOAD_BYTES (${maxPayloadBytes})` };
+  }
+  return {
+    ok: true,
+    event: {
+      id: row.id,
+      restaurantId: row.restaurant_id,
+      eventType: row.event_type,
+      payload: payload as Record<string, unknown>,
+      createdAt: row.created_at,
+      attempt: row.attempts,
+      dedupeKey: row.dedupe_key,
+      idempotencyKey: row.idempotency_key,
+    },
+  };
+}

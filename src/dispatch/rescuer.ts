@@ -1,0 +1,75 @@
+import type { Kysely } from 'kysely';
+import { rescueExpiredLeases, type RescueResult } from '../db/queries/outbox.ts';
+import type { Database } from '../db/schema.ts';
+import { jitter, sleep, type Service } from '../lifecycle/service.ts';
+import type { Logger } from '../log.ts';
+import type { DispatcherMetrics } from '../metrics/metrics.ts';
+
+export interface RescuerOptions {
+  intervalMs: number;
+  maxAttempts: number;
+  batchSize?: number;
+  /** Called after events went back to pending, so the claim loop looks at once. */
+  onRequeued?: () => void;
+}
+
+/**
+ * Returns events whose lease expired to pending (their worker was killed or hung).
+ * Every replica runs it: the statement uses SKIP LOCKED and re-checks the lease,
+ * so concurrent rescuers never double-handle an event and need no leader.
+ */
+export class LeaseRescuer implements Service {
+  readonly name = 'lease-rescuer';
+  readonly #db: Kysely<Database>;
+  readonly #log: Logger;
+  readonly #metrics: DispatcherMetrics;
+  readonly #opts: RescuerOptions;
+  readonly #stop = new AbortController();
+  #loop: Promise<void> | undefined;
+
+  constructor(db: Kysely<Database>, log: Logger, metrics: DispatcherMetrics, opts: RescuerOptions) {
+    this.#db = db;
+    this.#log = log.child({ component: 'lease-rescuer' });
+    this.#metrics = metrics;
+    this.#opts = opts;
+  }
+
+  async start(): Promise<void> {
+    this.#loop ??= this.#run();
+  }
+
+  /** One pass: rescues every expired lease (in batches) and reports counts. */
+  async runOnce(): Promise<RescueResult> {
+    const total: RescueResult = { requeued: 0, deadLettered: 0 };
+    const limit = this.#opts.batchSize ?? 1000;
+    for (;;) {
+      const r = await rescueExpiredLeases(this.#db, { limit, maxAttempts: this.#opts.maxAttempts });
+      total.requeued += r.requeued;
+      total.deadLettered += r.deadLettered;
+      if (r.requeued + r.deadLettered < limit) break;
+    }
+    if (total.requeued > 0) this.#metrics.leaseRescued.inc({ result: 'requeued' }, total.requeued);
+    if (total.deadLettered > 0) this.#metrics.leaseRescued.inc({ result: 'dead' }, total.deadLettered);
+    if (total.requeued + total.deadLettered > 0) {
+      this.#log.warn(total, 'rescued events with expired leases (a worker died or hung)');
+      if (total.requeued > 0) this.#opts.onRequeued?.();
+    }
+    return total;
+  }
+
+  async #run(): Promise<void> {
+    while (!this.#stop.signal.aborted) {
+      try {
+        await this.runOnce();
+      } catch (err) {
+        this.#log.error({ err }, 'lease rescue failed; retrying next interval');
+      }
+      await sleep(jitter(this.#opts.intervalMs), this.#stop.signal);
+    }
+  }
+
+  async stop(): Promise<void> {
+    this.#stop.abort();
+    await this.#loop;
+  }
+}

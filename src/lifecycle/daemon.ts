@@ -1,0 +1,141 @@
+import { sql, type Kysely } from 'kysely';
+import type pg from 'pg';
+import type { EnvConfig } from '../config/env.ts';
+import type { Route } from '../config/routes.ts';
+import { BACKGROUND_ROLE, createKysely, createPool } from '../db/pool.ts';
+import type { Database } from '../db/schema.ts';
+import { Completer } from '../dispatch/completer.ts';
+import { Dispatcher } from '../dispatch/dispatcher.ts';
+import { LeaseRescuer } from '../dispatch/rescuer.ts';
+import { NotifyListener } from '../listener/notify-listener.ts';
+import type { Logger } from '../log.ts';
+import { OpsServer, type ReadinessReport } from '../metrics/http-server.ts';
+import { DispatcherMetrics } from '../metrics/metrics.ts';
+import type { Sink } from '../sinks/types.ts';
+import { TenantScope } from '../tenancy/scope.ts';
+
+export interface DaemonOptions {
+  config: EnvConfig;
+  /** The login role's URL; every pooled session switches to app_background. */
+  connectionString: string;
+  routes: readonly Route[];
+  sinks: ReadonlyMap<string, Sink>;
+  log: Logger;
+  metrics?: DispatcherMetrics;
+}
+
+/**
+ * Composes the long-lived services. Start order: ops server, completer, dispatcher,
+ * rescuer, listener. Stop order (fixed): listener and rescuer (no more wake-ups),
+ * dispatcher (stop claiming, drain, release), completer (final flush), sinks, ops
+ * server (scrapable while draining), pool.
+ */
+export class Daemon {
+  readonly pool: pg.Pool;
+  readonly db: Kysely<Database>;
+  readonly metrics: DispatcherMetrics;
+  readonly completer: Completer;
+  readonly dispatcher: Dispatcher;
+  readonly rescuer: LeaseRescuer;
+  readonly listener: NotifyListener;
+  readonly server: OpsServer;
+  readonly #opts: DaemonOptions;
+  readonly #log: Logger;
+  #stopping: Promise<void> | undefined;
+
+  constructor(opts: DaemonOptions) {
+    this.#opts = opts;
+    const { config, log } = opts;
+    this.#log = log;
+    const d = config.dispatch;
+    this.pool = createPool({
+      connectionString: opts.connectionString,
+      max: config.poolSize,
+      applicationName: `outbox-dispatcher:${d.workerId}`.slice(0, 63),
+      role: BACKGROUND_ROLE,
+    });
+    this.db = createKysely(this.pool);
+    this.metrics = opts.metrics ?? new DispatcherMetrics();
+    this.completer = new Completer(this.db, log, this.metrics, { workerId: d.workerId });
+    this.dispatcher = new Dispatcher({
+      db: this.db,
+      log,
+      metrics: this.metrics,
+      completer: this.completer,
+      routes: opts.routes,
+      sinks: opts.sinks,
+      tenantScope: new TenantScope(this.db),
+      settings: d,
+    });
+    this.rescuer = new LeaseRescuer(this.db, log, this.metrics, {
+      intervalMs: d.rescueIntervalMs,
+      maxAttempts: d.maxAttempts,
+      onRequeued: () => this.dispatcher.poke(),
+    });
+    this.listener = new NotifyListener(
+      {
+        connectionString: opts.connectionString,
+        onNotify: () => this.dispatcher.poke(),
+        onConnected: () => this.dispatcher.poke(),
+      },
+      log,
+      this.metrics,
+    );
+    this.server = new OpsServer(
+      { host: config.metrics.host, port: config.metrics.port, registry: this.metrics.registry, readiness: () => this.readiness() },
+      log,
+    );
+  }
+
+  async start(): Promise<void> {
+    await this.server.start();
+    await this.completer.start();
+    await this.dispatcher.start();
+    await this.rescuer.start();
+    await this.listener.start();
+    const d = this.#opts.config.dispatch;
+    this.#log.info(
+      {
+        workerId: d.workerId,
+        batchSize: d.batchSize,
+        concurrency: d.concurrency,
+        leaseMs: d.leaseMs,
+        routes: this.#opts.routes.map((r) => ({ match: r.match, sink: r.sinkName })),
+      },
+      'outbox dispatcher running',
+    );
+  }
+
+  async readiness(): Promise<ReadinessReport> {
+    const checks: ReadinessReport['checks'] = {};
+    try {
+      await Promise.race([
+        sql`SELECT 1`.execute(this.db),
+        new Promise((_, reject) => setTimeout(() => reject(new Error('timed out after 2 s')), 2000).unref()),
+      ]);
+      checks.database = { ok: true };
+    } catch (err) {
+      checks.database = { ok: false, detail: (err as Error).message };
+    }
+    const state = this.dispatcher.state;
+    checks.dispatcher = { ok: state === 'running', detail: state };
+    checks.listener = { ok: true, detail: this.listener.connected ? 'connected' : 'polling only' };
+    return { ready: Object.values(checks).every((c) => c.ok), checks };
+  }
+
+  stop(): Promise<void> {
+    this.#stopping ??= this.#stop();
+    return this.#stopping;
+  }
+
+  async #stop(): Promise<void> {
+    this.#log.info('shutting down: no new claims');
+    await Promise.all([this.listener.stop(), this.rescuer.stop()]);
+    await this.dispatcher.stop();
+    await this.completer.stop();
+    await Promise.all([...this.#opts.sinks.values()].map((s) => s.close?.().catch(() => undefined)));
+    await this.server.stop();
+    await this.db.destroy();
+    this.#log.info('shutdown complete');
+  }
+}

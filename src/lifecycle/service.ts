@@ -1,0 +1,33 @@
+/**
+ * The contract of every long-lived part of the daemon. start() and stop() are
+ * idempotent; stop() before start() is a no-op. The daemon stops them in a fixed order.
+ */
+export interface Service {
+  readonly name: string;
+  start(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+/** Resolves after `ms`, or at once when `signal` aborts. */
+export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal?.aborted) return resolve();
+    const timer = setTimeout(done, ms);
+    function done() {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', done);
+      resolve();
+    }
+    signal?.addEventListener('abort', done, { once: true });
+  });
+}
+
+/** Base delay scaled by a random factor in [1 - spread, 1 + spread]. */
+export function jitter(ms: number, spread = 0.2, random: () => number = Math.random): number {
+  return Math.max(0, Math.round(ms * (1 - spread + 2 * spread * random())));
+}
+
+/** Capped exponential backoff with jitter for reconnect and error loops. */
+export function reconnectDelayMs(attempt: number, baseMs = 250, maxMs = 30_000): number {
+  return jitter(Math.min(maxMs, baseMs * 2 ** Math.min(attempt, 20)), 0.5);
+}

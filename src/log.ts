@@ -1,0 +1,47 @@
+import { pino, type Logger } from 'pino';
+import type { LogLevel } from './config/env.ts';
+
+export type { Logger };
+
+/** Paths pino blanks out wherever they appear in a log line. */
+const REDACT_PATHS = [
+  'password',
+  '*.password',
+  'secret',
+  '*.secret',
+  'hmacSecret',
+  '*.hmacSecret',
+  'connectionString',
+  '*.connectionString',
+  'databaseUrl',
+  '*.databaseUrl',
+  'headers.authorization',
+  '*.headers.authorization',
+  'payload',
+  '*.payload',
+];
+
+export function createLogger(level: LogLevel, destination?: NodeJS.WritableStream): Logger {
+  return pino(
+    {
+      level,
+      base: { service: 'outbox-dispatcher' },
+      redact: { paths: REDACT_PATHS, censor: '[redacted]' },
+      timestamp: pino.stdTimeFunctions.isoTime,
+      formatters: { level: (label) => ({ level: label }) },
+    },
+    destination as pino.DestinationStream | undefined,
+  );
+}
+
+/** postgres://user:secret@host/db -> postgres://user:***@host/db, for logs and errors. */
+export function redactUrl(url: string | undefined): string | undefined {
+  if (!url) return url;
+  try {
+    const u = new URL(url);
+    if (u.password) u.password = '***';
+    return u.toString();
+  } catch {
+    return '[unparseable url]';
+  }
+}

@@ -1,0 +1,114 @@
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { EVENT_TYPE_PATTERN } from '../config/routes.ts';
+import { VERSION } from '../version.ts';
+
+// Metric names are a public contract (alerts and dashboards use them): rename never,
+// add freely. The catalogue with meanings lives in README ("Metrics").
+
+const MAX_EVENT_TYPE_LABELS = 200;
+
+export type DispatchOutcomeLabel = 'success' | 'retry' | 'dead';
+
+export class DispatcherMetrics {
+  readonly registry: Registry;
+  readonly eventsDispatched: Counter<'outcome' | 'event_type'>;
+  readonly eventsReleased: Counter<'reason'>;
+  readonly claimDuration: Histogram;
+  readonly claimBatchSize: Histogram;
+  readonly claimErrors: Counter;
+  readonly dispatchDuration: Histogram<'sink'>;
+  readonly inflight: Gauge;
+  readonly leaseRescued: Counter<'result'>;
+  readonly leaseLost: Counter;
+  readonly completionFlushErrors: Counter;
+  readonly listenerConnected: Gauge;
+  readonly listenerReconnects: Counter;
+  readonly #eventTypes = new Set<string>();
+
+  constructor(registry: Registry = new Registry()) {
+    this.registry = registry;
+    collectDefaultMetrics({ register: registry });
+    const r = [registry];
+    new Gauge({
+      name: 'outbox_build_info',
+      help: 'Build information; always 1.',
+      labelNames: ['version', 'node_version'],
+      registers: r,
+    }).set({ version: VERSION, node_version: process.version }, 1);
+    this.eventsDispatched = new Counter({
+      name: 'outbox_events_dispatched_total',
+      help: 'Dispatch attempts finished, by outcome (success, retry, dead) and event type.',
+      labelNames: ['outcome', 'event_type'],
+      registers: r,
+    });
+    this.eventsReleased = new Counter({
+      name: 'outbox_events_released_total',
+      help: 'Claimed events handed back to pending unattempted, by reason (shutdown, lease_at_risk).',
+      labelNames: ['reason'],
+      registers: r,
+    });
+    this.claimDuration = new Histogram({
+      name: 'outbox_claim_duration_seconds',
+      help: 'Duration of the claim statement (plan budget: 10 ms).',
+      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+      registers: r,
+    });
+    this.claimBatchSize = new Histogram({
+      name: 'outbox_claim_batch_size',
+      help: 'Events returned per claim statement.',
+      buckets: [0, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000],
+      registers: r,
+    });
+    this.claimErrors = new Counter({
+      name: 'outbox_claim_errors_total',
+      help: 'Claim statements that failed (the loop backs off and retries).',
+      registers: r,
+    });
+    this.dispatchDuration = new Histogram({
+      name: 'outbox_dispatch_duration_seconds',
+      help: 'Duration of one delivery attempt, by sink.',
+      labelNames: ['sink'],
+      buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+      registers: r,
+    });
+    this.inflight = new Gauge({
+      name: 'outbox_inflight_events',
+      help: 'Events claimed by this worker and not yet finished.',
+      registers: r,
+    });
+    this.leaseRescued = new Counter({
+      name: 'outbox_lease_rescued_total',
+      help: 'Events whose lease expired (their worker died or hung), by result (requeued, dead).',
+      labelNames: ['result'],
+      registers: r,
+    });
+    this.leaseLost = new Counter({
+      name: 'outbox_completion_lease_lost_total',
+      help: 'Outcomes not written because the lease had expired and the event was re-claimed.',
+      registers: r,
+    });
+    this.completionFlushErrors = new Counter({
+      name: 'outbox_completion_flush_errors_total',
+      help: 'Failed writes of a batch of outcomes (retried; the batch is kept).',
+      registers: r,
+    });
+    this.listenerConnected = new Gauge({
+      name: 'outbox_listener_connected',
+      help: '1 while the LISTEN connection is up; at 0, wake-ups fall back to polling.',
+      registers: r,
+    });
+    this.listenerReconnects = new Counter({
+      name: 'outbox_listener_reconnects_total',
+      help: 'Reconnection attempts of the LISTEN connection.',
+      registers: r,
+    });
+  }
+
+  /** Event types as labels, bounded: unknown shapes and overflow collapse to "other". */
+  eventTypeLabel(eventType: string): string {
+    if (this.#eventTypes.has(eventType)) return eventType;
+    if (!EVENT_TYPE_PATTERN.test(eventType) || this.#eventTypes.size >= MAX_EVENT_TYPE_LABELS) return 'other';
+    this.#eventTypes.add(eventType);
+    return eventType;
+  }
+}

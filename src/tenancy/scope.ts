@@ -1,0 +1,24 @@
+import { sql, type Kysely, type Transaction } from 'kysely';
+import type { Database } from '../db/schema.ts';
+
+export type TenantTransaction = Transaction<Database>;
+
+/**
+ * Runs database work for one tenant: a transaction whose app.restaurant_id is
+ * set transaction-locally, so RLS narrows every statement in it to that tenant
+ * and the setting cannot leak to the next user of the pooled connection.
+ */
+export class TenantScope {
+  readonly #db: Kysely<Database>;
+
+  constructor(db: Kysely<Database>) {
+    this.#db = db;
+  }
+
+  run<T>(restaurantId: string, work: (trx: TenantTransaction) => Promise<T>): Promise<T> {
+    return this.#db.transaction().execute(async (trx) => {
+      await sql`SELECT public.set_restaurant_context(${restaurantId}::uuid)`.execute(trx);
+      return work(trx);
+    });
+  }
+}
