@@ -25,10 +25,15 @@ const LEASE = (ms: number) => sql<Date>`now() + ${ms} * interval '1 millisecond'
  * SKIP LOCKED lets any number of workers claim side by side without waiting.
  * While processing, next_attempt_at holds the lease expiry (see rescueExpiredLeases).
  */
-export async function claimBatch(
+export function claimBatch(
   db: Kysely<Database>,
   args: { workerId: string; limit: number; leaseMs: number },
 ): Promise<ClaimedRow[]> {
+  return claimQuery(db, args).execute();
+}
+
+/** The claim statement itself, unexecuted (for EXPLAIN in tests and benchmarks). */
+export function claimQuery(db: Kysely<Database>, args: { workerId: string; limit: number; leaseMs: number }) {
   return db
     .with('due', (qb) =>
       qb
@@ -62,8 +67,7 @@ export async function claimBatch(
       'o.dedupe_key',
       'o.idempotency_key',
       'o.attempts',
-    ])
-    .execute();
+    ]);
 }
 
 export type Outcome =

@@ -1,0 +1,119 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { claimBatch, claimQuery, completeBatch, rescueExpiredLeases } from '../src/db/queries/outbox.ts';
+import { createTestDatabase, produce, statusCounts, tenantId, waitFor, type TestDatabase } from './support/db.ts';
+import { recordingSink, startDaemon } from './support/daemon.ts';
+import type { Daemon } from '../src/lifecycle/daemon.ts';
+
+let db: TestDatabase;
+beforeAll(async () => {
+  db = await createTestDatabase();
+});
+afterAll(async () => {
+  await db.drop();
+});
+
+async function reset() {
+  await db.query('TRUNCATE capacity_outbox');
+  await db.query('TRUNCATE outbox_dispatcher.capacity_outbox_active_keys');
+}
+
+describe('claim query', () => {
+  it('walks the (status, next_attempt_at) dispatch index, as deployed (worker role, RLS on)', async () => {
+    await reset();
+    await db.query(
+      `INSERT INTO capacity_outbox (restaurant_id, event_type, status)
+       SELECT gen_random_uuid(), 'x', CASE WHEN g % 100 = 0 THEN 'pending' ELSE 'done' END FROM generate_series(1, 20000) g`,
+    );
+    await db.query('ANALYZE capacity_outbox');
+    const { rows: idx } = await db.query<{ relname: string; part: string }>(
+      `SELECT c.relname, t.relname AS part FROM pg_inherits i
+       JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_index x ON x.indexrelid = c.oid JOIN pg_class t ON t.oid = x.indrelid
+       WHERE i.inhparent = 'public.capacity_outbox_dispatch_idx'::regclass`,
+    );
+    const worker = db.workerDb();
+    const q = claimQuery(worker, { workerId: 'w', limit: 100, leaseMs: 1000 }).compile();
+    const plan = await worker.executeQuery<{ 'QUERY PLAN': string }>({ ...q, sql: `EXPLAIN ${q.sql}`, query: q.query });
+    const text = plan.rows.map((r) => r['QUERY PLAN']).join('\n');
+    const { rows: hot } = await db.query<{ part: string }>(`SELECT DISTINCT tableoid::regclass::text AS part FROM capacity_outbox`);
+    const populated = hot[0]!.part;
+    const populatedIdx = idx.find((i) => i.part === populated)!.relname;
+    expect(text).toMatch(new RegExp(`(Index Scan|Index Only Scan|Bitmap Index Scan) (using|on) ${populatedIdx}`));
+    expect(text).not.toMatch(new RegExp(`Seq Scan on ${populated} `));
+  });
+
+  it('never hands one event to two concurrent claimers', async () => {
+    await reset();
+    await db.query(`INSERT INTO capacity_outbox (restaurant_id, event_type) SELECT gen_random_uuid(), 'x' FROM generate_series(1, 2000)`);
+    const worker = db.workerDb();
+    const seen = new Map<string, string>();
+    await Promise.all(
+      ['w1', 'w2', 'w3', 'w4'].map(async (w) => {
+        for (;;) {
+          const rows = await claimBatch(worker, { workerId: w, limit: 37, leaseMs: 60_000 });
+          if (rows.length === 0) return;
+          for (const r of rows) {
+            expect(seen.has(r.id), `event ${r.id} claimed by ${seen.get(r.id)} and ${w}`).toBe(false);
+            seen.set(r.id, w);
+          }
+        }
+      }),
+    );
+    expect(seen.size).toBe(2000);
+    expect(await statusCounts(db)).toEqual({ processing: 2000 });
+    const { rows } = await db.query(`SELECT count(*)::int AS n FROM capacity_outbox WHERE locked_until IS NULL OR next_attempt_at <> locked_until OR attempts <> 1`);
+    expect(rows[0].n).toBe(0);
+  });
+
+  it('completes only events still leased by the same worker at the same attempt', async () => {
+    await reset();
+    const t = tenantId();
+    await produce(db.producerUrl, t, [{ type: 'x' }, { type: 'x' }]);
+    const worker = db.workerDb();
+    const rows = await claimBatch(worker, { workerId: 'w1', limit: 10, leaseMs: 60_000 });
+    const [a, b] = rows;
+    const applied = await completeBatch(worker, 'w1', [
+      { id: a!.id, createdAtKey: a!.created_at_key, attempt: 1, outcome: { kind: 'done' } },
+      { id: b!.id, createdAtKey: b!.created_at_key, attempt: 2, outcome: { kind: 'done' } }, // stale attempt
+    ]);
+    expect([...applied]).toEqual([a!.id]);
+    expect(await completeBatch(worker, 'w2', [{ id: b!.id, createdAtKey: b!.created_at_key, attempt: 1, outcome: { kind: 'done' } }])).toEqual(new Set());
+  });
+
+  it('rescues expired leases back to pending, and dead-letters them on the last attempt', async () => {
+    await reset();
+    await produce(db.producerUrl, tenantId(), [{ type: 'x' }, { type: 'y' }]);
+    const worker = db.workerDb();
+    await claimBatch(worker, { workerId: 'gone', limit: 10, leaseMs: 1 });
+    await db.query("UPDATE capacity_outbox SET attempts = 3 WHERE event_type = 'y'");
+    await waitFor(async () => (await db.query('SELECT 1 FROM capacity_outbox WHERE next_attempt_at > now()')).rowCount === 0);
+    expect(await rescueExpiredLeases(worker, { limit: 100, maxAttempts: 3 })).toEqual({ requeued: 1, deadLettered: 1 });
+    const { rows } = await db.query('SELECT event_type, status, locked_by, last_error FROM capacity_outbox ORDER BY event_type');
+    expect(rows[0]).toMatchObject({ event_type: 'x', status: 'pending', locked_by: null });
+    expect(rows[1]).toMatchObject({ event_type: 'y', status: 'dead' });
+    expect(rows[1].last_error).toMatch(/lease expired: worker gone did not finish attempt 3/);
+  });
+});
+
+describe('dispatch with four workers', () => {
+  it('dispatches every event exactly once, never to two workers at the same time', async () => {
+    await reset();
+    const sinks = [1, 2, 3, 4].map(() => recordingSink('test', () => new Promise((r) => setTimeout(r, Math.random() * 5))));
+    const daemons: Daemon[] = [];
+    try {
+      for (const [i, sink] of sinks.entries()) {
+        daemons.push(await startDaemon(db, { sinks: { test: sink }, env: { OUTBOX_WORKER_ID: `w${i}`, OUTBOX_BATCH_SIZE: '20', OUTBOX_CONCURRENCY: '8' } }));
+      }
+      const tenants = Array.from({ length: 10 }, tenantId);
+      for (const t of tenants) await produce(db.producerUrl, t, Array.from({ length: 80 }, (_, i) => ({ type: `booking.e${i % 5}`, payload: { i } })));
+      await waitFor(async () => (await statusCounts(db)).done === 800, { what: '800 events done' });
+    } finally {
+      await Promise.all(daemons.map((d) => d.stop()));
+    }
+    const calls = sinks.flatMap((s, w) => s.calls.map((c) => ({ ...c, w })));
+    expect(calls).toHaveLength(800);
+    expect(new Set(calls.map((c) => c.event.id)).size).toBe(800);
+    expect(sinks.filter((s) => s.calls.length > 0).length).toBeGreaterThan(1);
+    const { rows } = await db.query('SELECT count(*)::int AS n FROM capacity_outbox WHERE status <> $1 OR dispatched_at IS NULL OR locked_by IS NOT NULL', ['done']);
+    expect(rows[0].n).toBe(0);
+  });
+});

@@ -1,0 +1,56 @@
+import { loadEnvConfig } from '../../src/config/env.ts';
+import { compileRoutes, parseRoutes, type RoutesFile } from '../../src/config/routes.ts';
+import { Daemon } from '../../src/lifecycle/daemon.ts';
+import { createLogger } from '../../src/log.ts';
+import { createSinks } from '../../src/sinks/create-sinks.ts';
+import type { Sink } from '../../src/sinks/types.ts';
+import type { TestDatabase } from './db.ts';
+
+export const NOOP_ROUTES: RoutesFile = { routes: [{ match: '*', sink: { type: 'noop', name: 'test' } }] };
+
+/**
+ * An in-process daemon on the test database, connected as the worker login role.
+ * `sinks` replaces the sink instances the routes file would build, by sink name.
+ */
+export async function startDaemon(
+  db: TestDatabase,
+  opts: { routes?: RoutesFile; env?: Record<string, string>; sinks?: Record<string, Sink> } = {},
+): Promise<Daemon> {
+  const config = loadEnvConfig({
+    METRICS_PORT: '0',
+    METRICS_HOST: '127.0.0.1',
+    OUTBOX_POLL_INTERVAL_MS: '100',
+    OUTBOX_RESCUE_INTERVAL_MS: '200',
+    OUTBOX_BACKOFF_BASE_MS: '50',
+    OUTBOX_BACKOFF_MAX_MS: '200',
+    LOG_LEVEL: 'silent',
+    ...opts.env,
+  });
+  const routes = compileRoutes(parseRoutes(opts.routes ?? NOOP_ROUTES), config.dispatch.leaseMs);
+  const log = createLogger(config.logLevel);
+  const sinks = createSinks(routes, log, {});
+  for (const [name, sink] of Object.entries(opts.sinks ?? {})) sinks.set(name, sink);
+  const daemon = new Daemon({ config, connectionString: db.workerUrl, routes, sinks, log });
+  await daemon.start();
+  return daemon;
+}
+
+/** A sink that records what it got and answers with `behaviour`. */
+export function recordingSink(name = 'test', behaviour: (e: import('../../src/dispatch/event.ts').OutboxEvent) => Promise<void> | void = () => {}) {
+  const calls: { event: import('../../src/dispatch/event.ts').OutboxEvent; start: number; end: number }[] = [];
+  const sink: Sink & { calls: typeof calls } = {
+    name,
+    type: 'test',
+    timeoutMs: 0,
+    calls,
+    async send(event) {
+      const start = Date.now();
+      try {
+        await behaviour(event);
+      } finally {
+        calls.push({ event, start, end: Date.now() });
+      }
+    },
+  };
+  return sink;
+}

@@ -1,0 +1,92 @@
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import pg from 'pg';
+import type { TestProject } from 'vitest/node';
+import { migrate } from '../../src/db/migrator.ts';
+import { ensureEmbeddedCluster } from '../../src/embedded/cluster.ts';
+import { createLogger } from '../../src/log.ts';
+import { TEST_ROLES } from './roles.ts';
+
+declare module 'vitest' {
+  export interface ProvidedContext {
+    adminUrl: string;
+    templateDb: string;
+    /** Prefix of the per-file databases of this run. */
+    runId: string;
+  }
+}
+
+// Where the tests' PostgreSQL comes from, in order: TEST_DATABASE_URL; a
+// testcontainers PostgreSQL when a Docker engine answers; the embedded binaries.
+async function startPostgres(): Promise<{ adminUrl: string; stop: () => Promise<void> }> {
+  if (process.env.TEST_DATABASE_URL) return { adminUrl: process.env.TEST_DATABASE_URL, stop: async () => {} };
+  if (process.env.DOCKER_HOST || fs.existsSync('/var/run/docker.sock')) {
+    try {
+      const { GenericContainer, Wait } = await import('testcontainers');
+      const container = await new GenericContainer('postgres:15-alpine')
+        .withEnvironment({ POSTGRES_PASSWORD: 'postgres' })
+        .withExposedPorts(5432)
+        .withWaitStrategy(Wait.forLogMessage(/database system is ready to accept connections/, 2))
+        .start();
+      const url = `postgres://postgres:postgres@${container.getHost()}:${container.getMappedPort(5432)}/postgres`;
+      return { adminUrl: url, stop: async () => void (await container.stop()) };
+    } catch (err) {
+      console.warn(`testcontainers unavailable (${(err as Error).message}); using embedded PostgreSQL`);
+    }
+  }
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'outbox-test-pg-'));
+  fs.chmodSync(dir, 0o755);
+  const port = 20000 + Math.floor(Math.random() * 20000);
+  const cluster = await ensureEmbeddedCluster({ dir: path.join(dir, 'data'), port, log: createLogger('warn') });
+  return {
+    adminUrl: cluster.url({ database: 'postgres', as: 'superuser' }),
+    stop: async () => {
+      await cluster.stop();
+      fs.rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+export default async function setup(project: TestProject) {
+  const { adminUrl, stop } = await startPostgres();
+  const templateDb = `outbox_tpl_${process.pid}_${Date.now().toString(36)}`;
+  const admin = new pg.Client({ connectionString: adminUrl });
+  await admin.connect();
+  await admin.query(`CREATE DATABASE ${templateDb}`);
+  const tplUrl = new URL(adminUrl);
+  tplUrl.pathname = `/${templateDb}`;
+  const tpl = new pg.Client({ connectionString: tplUrl.toString() });
+  await tpl.connect();
+  await migrate(tpl);
+  // Login roles the tests connect as: never superusers.
+  for (const [role, group] of [
+    [TEST_ROLES.worker, 'app_background'],
+    [TEST_ROLES.producer, 'app_producer'],
+  ] as const) {
+    await tpl.query(`DO $$ BEGIN
+        IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '${role}') THEN
+          CREATE ROLE ${role} LOGIN NOSUPERUSER NOBYPASSRLS PASSWORD '${TEST_ROLES.password}';
+        END IF;
+      EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+      END $$`);
+    await tpl.query(`ALTER ROLE ${role} LOGIN NOSUPERUSER NOBYPASSRLS PASSWORD '${TEST_ROLES.password}'`);
+    await tpl.query(`GRANT ${group} TO ${role}`);
+  }
+  await tpl.end();
+  project.provide('adminUrl', adminUrl);
+  project.provide('templateDb', templateDb);
+  project.provide('runId', String(process.pid));
+
+  return async () => {
+    await admin.query(`DROP DATABASE IF EXISTS ${templateDb} WITH (FORCE)`).catch(() => undefined);
+    // Databases of files that failed before their own cleanup.
+    const { rows } = await admin.query<{ datname: string }>(
+      "SELECT datname FROM pg_database WHERE datname LIKE $1",
+      [`t\\_${process.pid}\\_%`],
+    );
+    for (const r of rows) await admin.query(`DROP DATABASE IF EXISTS "${r.datname}" WITH (FORCE)`).catch(() => undefined);
+    await admin.end();
+    await stop();
+  };
+}
