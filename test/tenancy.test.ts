@@ -1,0 +1,152 @@
+import pg from 'pg';
+import { sql } from 'kysely';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { TenantScope } from '../src/tenancy/scope.ts';
+import { createTestDatabase, produce, tenantId, type TestDatabase } from './support/db.ts';
+import { recordingSink, startDaemon } from './support/daemon.ts';
+import { waitFor } from './support/db.ts';
+
+let db: TestDatabase;
+const [A, B] = [tenantId(), tenantId()];
+
+beforeAll(async () => {
+  db = await createTestDatabase();
+  // A platform table protected the way the plan prescribes.
+  await db.query(`
+    CREATE TABLE tenant_notes (id serial PRIMARY KEY, restaurant_id uuid NOT NULL, note text NOT NULL);
+    ALTER TABLE tenant_notes ENABLE ROW LEVEL SECURITY;
+    ALTER TABLE tenant_notes FORCE ROW LEVEL SECURITY;
+    CREATE POLICY tenant_isolation ON tenant_notes FOR ALL TO app_background, app_producer
+      USING (restaurant_id = public.require_restaurant_context())
+      WITH CHECK (restaurant_id = public.require_restaurant_context());
+    GRANT SELECT, INSERT, UPDATE, DELETE ON tenant_notes TO app_background, app_producer;
+    GRANT USAGE ON SEQUENCE tenant_notes_id_seq TO app_background, app_producer;
+  `);
+  await db.query(`INSERT INTO tenant_notes (restaurant_id, note) VALUES ($1, 'a1'), ($1, 'a2'), ($2, 'b1')`, [A, B]);
+});
+afterAll(async () => {
+  await db.drop();
+});
+
+describe('tenant scope for work done on an event’s behalf', () => {
+  it('reads and writes only the scoped tenant’s rows', async () => {
+    const scope = new TenantScope(db.workerDb());
+    const notes = await scope.run(A, (trx) => sql<{ note: string }>`SELECT note FROM tenant_notes ORDER BY note`.execute(trx));
+    expect(notes.rows.map((r) => r.note)).toEqual(['a1', 'a2']);
+    const updated = await scope.run(A, (trx) => sql`UPDATE tenant_notes SET note = note || '!' WHERE note = 'b1'`.execute(trx));
+    expect(Number(updated.numAffectedRows)).toBe(0);
+    await expect(scope.run(A, (trx) => sql`INSERT INTO tenant_notes (restaurant_id, note) VALUES (${B}::uuid, 'forged')`.execute(trx))).rejects.toThrow(
+      /row-level security/,
+    );
+    const all = await db.query('SELECT note FROM tenant_notes ORDER BY note');
+    expect(all.rows.map((r) => r.note)).toEqual(['a1', 'a2', 'b1']);
+  });
+
+  it('narrows even the dispatcher’s own view of capacity_outbox to the tenant', async () => {
+    await produce(db.producerUrl, A, [{ type: 'x' }]);
+    await produce(db.producerUrl, B, [{ type: 'x' }]);
+    const scope = new TenantScope(db.workerDb());
+    const seen = await scope.run(A, (trx) => sql<{ restaurant_id: string }>`SELECT DISTINCT restaurant_id FROM capacity_outbox`.execute(trx));
+    expect(seen.rows.map((r) => r.restaurant_id)).toEqual([A]);
+  });
+
+  it('is transaction-local: the next transaction on the pooled connection has no tenant', async () => {
+    const worker = db.workerDb();
+    await new TenantScope(worker).run(A, async () => undefined);
+    const r = await sql<{ t: string | null }>`SELECT public.current_restaurant_id() AS t`.execute(worker);
+    expect(r.rows[0]!.t).toBeNull();
+  });
+
+  it('carries the tenant to sinks and runs their database work in that tenant', async () => {
+    await db.query("UPDATE capacity_outbox SET status = 'done'");
+    const seen: { tenant: string; notes: string[] }[] = [];
+    const sink = recordingSink('test', async () => undefined);
+    sink.send = async function (event, ctx) {
+      const notes = await ctx.withTenant((trx) => sql<{ note: string }>`SELECT note FROM tenant_notes ORDER BY note`.execute(trx));
+      seen.push({ tenant: event.restaurantId, notes: notes.rows.map((r) => r.note) });
+    };
+    const [ea] = await produce(db.producerUrl, A, [{ type: 'y' }]);
+    const [eb] = await produce(db.producerUrl, B, [{ type: 'y' }]);
+    const daemon = await startDaemon(db, { sinks: { test: sink } });
+    try {
+      await waitFor(() => seen.length === 2);
+    } finally {
+      await daemon.stop();
+    }
+    expect(ea && eb).toBeTruthy();
+    expect(seen.sort((x, y) => x.notes.length - y.notes.length)).toEqual([
+      { tenant: B, notes: ['b1'] },
+      { tenant: A, notes: ['a1', 'a2'] },
+    ]);
+  });
+});
+
+describe('tenancy helpers', () => {
+  async function asWorker<T>(fn: (c: pg.Client) => Promise<T>): Promise<T> {
+    const c = new pg.Client({ connectionString: db.workerUrl, options: '-c role=app_background' });
+    await c.connect();
+    try {
+      return await fn(c);
+    } finally {
+      await c.end();
+    }
+  }
+
+  it('require_restaurant_context() raises without a tenant (42501)', async () => {
+    await asWorker(async (c) => {
+      const err = await c.query('SELECT * FROM tenant_notes').catch((e: unknown) => e);
+      expect((err as pg.DatabaseError).code).toBe('42501');
+      expect((err as Error).message).toMatch(/tenant context missing/);
+    });
+  });
+
+  it('exempts whitelisted roles: they get NULL (no rows) instead of an error', async () => {
+    await db.query("INSERT INTO public.tenant_context_exempt_roles (role_name, reason) VALUES ('app_background', 'test')");
+    try {
+      await asWorker(async (c) => {
+        expect((await c.query('SELECT public.require_restaurant_context() AS t')).rows[0].t).toBeNull();
+        expect((await c.query('SELECT * FROM tenant_notes')).rowCount).toBe(0);
+      });
+    } finally {
+      await db.query("DELETE FROM public.tenant_context_exempt_roles WHERE role_name = 'app_background'");
+    }
+  });
+
+  it('set_restaurant_context() rejects NULL and malformed tenants', async () => {
+    await asWorker(async (c) => {
+      await expect(c.query('SELECT public.set_restaurant_context(NULL)')).rejects.toThrow(/must not be null/);
+      await expect(c.query("SELECT public.set_restaurant_context('not-a-uuid')")).rejects.toThrow(/invalid input syntax for type uuid/);
+    });
+  });
+
+  it('producers cannot write another tenant’s outbox rows or read them', async () => {
+    const c = new pg.Client(db.producerUrl);
+    await c.connect();
+    try {
+      await c.query('BEGIN');
+      await c.query('SELECT public.set_restaurant_context($1)', [A]);
+      await expect(
+        c.query("INSERT INTO capacity_outbox (restaurant_id, event_type) VALUES ($1, 'x')", [B]),
+      ).rejects.toThrow(/row-level security/);
+      await c.query('ROLLBACK');
+      await c.query('BEGIN');
+      await c.query('SELECT public.set_restaurant_context($1)', [A]);
+      const { rows } = await c.query('SELECT DISTINCT restaurant_id FROM capacity_outbox');
+      expect(rows.map((r) => r.restaurant_id)).toEqual([A]);
+      await c.query('ROLLBACK');
+      // Without context the producer policy raises rather than guessing.
+      await expect(c.query("INSERT INTO capacity_outbox (restaurant_id, event_type) VALUES ($1, 'x')", [A])).rejects.toThrow(/tenant context missing/);
+    } finally {
+      await c.end();
+    }
+  });
+
+  it('the login role cannot be used to escape app_background’s grants', async () => {
+    await asWorker(async (c) => {
+      await expect(c.query("INSERT INTO capacity_outbox (restaurant_id, event_type) VALUES ($1, 'x')", [A])).rejects.toThrow(/permission denied/);
+      await expect(c.query("UPDATE capacity_outbox SET payload = '{}'")).rejects.toThrow(/permission denied/);
+      await expect(c.query('DELETE FROM capacity_outbox')).rejects.toThrow(/permission denied/);
+      await expect(c.query('SELECT * FROM outbox_dispatcher.capacity_outbox_active_keys')).rejects.toThrow(/permission denied/);
+    });
+  });
+});
