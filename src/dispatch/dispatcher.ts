@@ -134,7 +134,10 @@ export class Dispatcher implements Service {
       this.#record(row, outcome, sink);
     };
 
-    if (this.#state !== 'running') return finish({ kind: 'release' }, undefined);
+    if (this.#state !== 'running') {
+      metrics.eventsReleased.inc({ reason: 'shutdown' });
+      return finish({ kind: 'release' }, undefined);
+    }
 
     const checked = checkEvent(row, settings.maxPayloadBytes);
     if (!checked.ok) return finish({ kind: 'dead', error: checked.reason });

@@ -1,0 +1,143 @@
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { loadEnvConfig } from '../src/config/env.ts';
+import { ConfigError } from '../src/config/errors.ts';
+import { compilePattern, compileRoutes, findRoute, loadRoutesFile, parseRoutes } from '../src/config/routes.ts';
+import { createSinks } from '../src/sinks/create-sinks.ts';
+import { createLogger } from '../src/log.ts';
+import { runCli } from './support/cli.ts';
+
+function configError(fn: () => unknown): ConfigError {
+  try {
+    fn();
+  } catch (err) {
+    if (err instanceof ConfigError) return err;
+    throw err;
+  }
+  throw new Error('expected a ConfigError');
+}
+
+describe('environment', () => {
+  it('has documented defaults', () => {
+    const c = loadEnvConfig({});
+    expect(c.databaseUrl).toBeUndefined();
+    expect(c.metrics.port).toBe(9464);
+    expect(c.dispatch).toMatchObject({ batchSize: 100, concurrency: 32, pollIntervalMs: 1000, leaseMs: 30_000, maxAttempts: 10, backoffBaseMs: 1000, backoffMaxMs: 300_000 });
+    expect(c.dispatch.leaseMs).toBeLessThanOrEqual(60_000);
+    expect(c.logLevel).toBe('info');
+  });
+
+  it.each([
+    ['OUTBOX_BATCH_SIZE', 'abc', /OUTBOX_BATCH_SIZE: must be a whole number between 1 and 5000 \(got "abc"\)/],
+    ['OUTBOX_BATCH_SIZE', '0', /OUTBOX_BATCH_SIZE: must be between 1 and 5000 \(got 0\)/],
+    ['OUTBOX_CONCURRENCY', '1.5', /OUTBOX_CONCURRENCY: must be a whole number/],
+    ['METRICS_PORT', '70000', /METRICS_PORT: must be between 0 and 65535/],
+    ['OUTBOX_LEASE_MS', '10', /OUTBOX_LEASE_MS: must be between 1000/],
+    ['LOG_LEVEL', 'loud', /LOG_LEVEL: must be one of fatal, error, warn, info, debug, trace, silent/],
+    ['DATABASE_URL', 'mysql://x@y/z', /DATABASE_URL: must use the postgres:\/\/ scheme/],
+    ['OUTBOX_ALLOW_PRIVILEGED_ROLE', 'maybe', /OUTBOX_ALLOW_PRIVILEGED_ROLE: must be true or false/],
+  ])('rejects %s=%s naming the key', (key, value, message) => {
+    const err = configError(() => loadEnvConfig({ [key]: value }));
+    expect(err.key).toBe(key);
+    expect(err.message).toMatch(message);
+  });
+
+  it('checks settings against each other', () => {
+    expect(configError(() => loadEnvConfig({ OUTBOX_BACKOFF_BASE_MS: '5000', OUTBOX_BACKOFF_MAX_MS: '1000' })).key).toBe('OUTBOX_BACKOFF_MAX_MS');
+  });
+});
+
+describe('routes', () => {
+  const issueExample = {
+    routes: [
+      { match: 'booking.*', sink: { type: 'http', url: 'http://127.0.0.1:8080/hook', timeoutMs: 5000 } },
+      { match: '*', sink: { type: 'log' } },
+    ],
+  };
+
+  it('accepts the documented shape and matches first route wins', () => {
+    const routes = compileRoutes(parseRoutes(issueExample), 30_000);
+    expect(findRoute(routes, 'booking.created')?.sinkName).toBe('http');
+    expect(findRoute(routes, 'booking.a.b')?.sinkName).toBe('http');
+    expect(findRoute(routes, 'table.held')?.sinkName).toBe('log');
+    expect(findRoute(compileRoutes(parseRoutes({ routes: [issueExample.routes[0]] }), 30_000), 'table.held')).toBeUndefined();
+  });
+
+  it('treats only * as a wildcard', () => {
+    expect(compilePattern('booking.*').test('bookingXcreated')).toBe(false);
+    expect(compilePattern('a*c').test('abbbc')).toBe(true);
+    expect(compilePattern('exact').test('exact.not')).toBe(false);
+  });
+
+  it('reads JSON and YAML files and inline JSON', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'routes-'));
+    fs.writeFileSync(path.join(dir, 'r.json'), JSON.stringify(issueExample));
+    fs.writeFileSync(path.join(dir, 'r.yaml'), 'routes:\n  - match: "booking.*"\n    sink: { type: http, url: "http://127.0.0.1:8080/hook" }\n  - match: "*"\n    sink: { type: log }\n');
+    expect(loadRoutesFile(path.join(dir, 'r.json')).routes).toHaveLength(2);
+    const yaml = loadRoutesFile(path.join(dir, 'r.yaml'));
+    expect(yaml.routes[0]!.sink).toMatchObject({ type: 'http', timeoutMs: 5000 });
+    expect(loadRoutesFile(JSON.stringify(issueExample)).routes).toHaveLength(2);
+  });
+
+  it.each([
+    [{ routes: [] }, /routes: needs at least one route/],
+    [{ routes: [{ match: 'a', sink: { type: 'smtp' } }] }, /routes\[0\]\.sink\.type/],
+    [{ routes: [{ match: 'a', sink: { type: 'http', url: 'ftp://x' } }] }, /routes\[0\]\.sink\.url: must be an http/],
+    [{ routes: [{ match: "a'; DROP", sink: { type: 'log' } }] }, /routes\[0\]\.match: must be an event type pattern/],
+    [{ routes: [{ match: 'a', sink: { type: 'log', colour: 'red' } }] }, /routes\[0\]\.sink/],
+  ])('rejects invalid routes naming OUTBOX_ROUTES and the path', (data, message) => {
+    const err = configError(() => parseRoutes(data, 'routes.json'));
+    expect(err.key).toBe('OUTBOX_ROUTES');
+    expect(err.message).toMatch(message);
+  });
+
+  it('rejects a sink timeout the lease cannot cover, and a missing HMAC secret', () => {
+    const tooSlow = parseRoutes({ routes: [{ match: '*', sink: { type: 'http', url: 'http://x/', timeoutMs: 30_000 } }] });
+    expect(configError(() => compileRoutes(tooSlow, 30_000)).message).toMatch(/timeoutMs \(30000\) must be below OUTBOX_LEASE_MS/);
+    const signed = compileRoutes(parseRoutes({ routes: [{ match: '*', sink: { type: 'http', url: 'http://x/', hmacSecretEnv: 'HOOK_SECRET' } }] }), 30_000);
+    expect(configError(() => createSinks(signed, createLogger('silent'), {})).key).toBe('HOOK_SECRET');
+    expect(createSinks(signed, createLogger('silent'), { HOOK_SECRET: 'x' }).get('http')?.type).toBe('http');
+  });
+});
+
+describe('the daemon at start-up', () => {
+  it('stops with exit code 78 and a message naming the bad key', async () => {
+    const r = await runCli(['run'], { OUTBOX_BATCH_SIZE: 'lots' });
+    expect(r.code).toBe(78);
+    expect(r.stderr).toContain('invalid configuration: OUTBOX_BATCH_SIZE: must be a whole number between 1 and 5000 (got "lots")');
+  });
+
+  it('requires OUTBOX_ROUTES when DATABASE_URL is set', async () => {
+    const r = await runCli(['run'], { DATABASE_URL: 'postgres://nobody@127.0.0.1:1/x' });
+    expect(r.code).toBe(78);
+    expect(r.stderr).toContain('OUTBOX_ROUTES: is required when DATABASE_URL is set');
+  });
+
+  it('names the routes file and the bad path inside it', async () => {
+    const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'routes-')), 'routes.json');
+    fs.writeFileSync(file, JSON.stringify({ routes: [{ match: 'x', sink: { type: 'http', url: 'not a url' } }] }));
+    const r = await runCli(['run'], { DATABASE_URL: 'postgres://nobody@127.0.0.1:1/x', OUTBOX_ROUTES: file });
+    expect(r.code).toBe(78);
+    expect(r.stderr).toContain(`OUTBOX_ROUTES: ${file}: routes[0].sink.url`);
+  });
+
+  it('exits 69 when the database is unreachable, without leaking the password', async () => {
+    const r = await runCli(['run'], { DATABASE_URL: 'postgres://u:hunter2-secret@127.0.0.1:1/x', OUTBOX_ROUTES: '{"routes":[{"match":"*","sink":{"type":"log"}}]}' });
+    expect(r.code).toBe(69);
+    expect(r.stderr).toContain('cannot connect to the database');
+    expect(r.stdout + r.stderr).not.toContain('hunter2-secret');
+    expect(r.stdout).toContain('postgres://u:***@127.0.0.1:1/x');
+  });
+
+  it('has --help on every command', async () => {
+    for (const args of [['--help'], ['run', '--help'], ['migrate', '--help'], ['enqueue', '--help'], ['events', 'stats', '--help'], ['events', 'replay', '--help']]) {
+      const r = await runCli(args);
+      expect(r.code, args.join(' ')).toBe(0);
+      expect(r.stdout).toContain('Usage: outbox-dispatcher');
+    }
+    const bad = await runCli(['enqueue', '--type', 'x']);
+    expect(bad.code).toBe(64);
+  });
+});
