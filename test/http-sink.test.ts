@@ -1,11 +1,11 @@
 import crypto from 'node:crypto';
-import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DispatchAbortedError, PermanentDispatchError, RetryableDispatchError } from '../src/dispatch/errors.ts';
 import type { OutboxEvent } from '../src/dispatch/event.ts';
 import { HttpSink, parseRetryAfter, signBody } from '../src/sinks/http-sink.ts';
 import type { SinkContext } from '../src/sinks/types.ts';
 import { startReceiver } from './support/http-receiver.ts';
+import { freePort } from './support/ports.ts';
 
 const event: OutboxEvent = {
   id: '0b9a2c1e-3f4d-4e5f-8a9b-0c1d2e3f4a5b',
@@ -80,7 +80,7 @@ describe('HTTP sink', () => {
   });
 
   it.each([301, 302, 400, 401, 403, 404, 409, 410, 422])('dead-letters %i as permanent', async (status) => {
-    receiver.setResponder(() => ({ status, headers: status < 400 ? { location: 'http://elsewhere/' } : {} }));
+    receiver.setResponder(() => ({ status, headers: status < 400 ? { location: 'http://elsewhere/' } : ({} as Record<string, string>) }));
     const err = await sink().send(event, ctx()).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(PermanentDispatchError);
   });
@@ -103,12 +103,7 @@ describe('HTTP sink', () => {
   });
 
   it('retries a refused connection', async () => {
-    const port = await new Promise<number>((resolve) => {
-      const s = net.createServer().listen(0, '127.0.0.1', () => {
-        const p = (s.address() as net.AddressInfo).port;
-        s.close(() => resolve(p));
-      });
-    });
+    const port = await freePort();
     const err = await sink({ url: `http://127.0.0.1:${port}/x` }).send(event, ctx()).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(RetryableDispatchError);
     expect((err as Error).message).toMatch(/network error: ECONNREFUSED/);

@@ -57,6 +57,8 @@ export const routesFileSchema = z
 export type SinkConfig = z.output<typeof sinkConfigSchema>;
 export type HttpSinkConfig = z.output<typeof httpSinkSchema>;
 export type RoutesFile = z.output<typeof routesFileSchema>;
+/** What a routes file may say (defaults not yet applied). */
+export type RoutesFileInput = z.input<typeof routesFileSchema>;
 
 export interface Route {
   match: string;

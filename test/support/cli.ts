@@ -71,7 +71,9 @@ export function startWorkerProcess(env: Record<string, string>): WorkerProcess {
     logs,
     output: () => raw,
     waitForLog: (match, timeoutMs = 30_000) =>
-      waitFor(() => logs.find(match), { timeoutMs, what: `log line (output so far:\n${raw.slice(-2000)})` }),
+      waitFor(() => logs.find(match), { timeoutMs, what: 'log line' }).catch((err: Error) => {
+        throw new Error(`${err.message}; output so far:\n${raw.slice(-2000)}`);
+      }) as Promise<Record<string, unknown>>,
     exited,
   };
 }

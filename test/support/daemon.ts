@@ -1,12 +1,12 @@
 import { loadEnvConfig } from '../../src/config/env.ts';
-import { compileRoutes, parseRoutes, type RoutesFile } from '../../src/config/routes.ts';
+import { compileRoutes, parseRoutes, type RoutesFileInput } from '../../src/config/routes.ts';
 import { Daemon } from '../../src/lifecycle/daemon.ts';
 import { createLogger } from '../../src/log.ts';
 import { createSinks } from '../../src/sinks/create-sinks.ts';
 import type { Sink } from '../../src/sinks/types.ts';
 import type { TestDatabase } from './db.ts';
 
-export const NOOP_ROUTES: RoutesFile = { routes: [{ match: '*', sink: { type: 'noop', name: 'test' } }] };
+export const NOOP_ROUTES: RoutesFileInput = { routes: [{ match: '*', sink: { type: 'noop', name: 'test' } }] };
 
 /**
  * An in-process daemon on the test database, connected as the worker login role.
@@ -14,7 +14,7 @@ export const NOOP_ROUTES: RoutesFile = { routes: [{ match: '*', sink: { type: 'n
  */
 export async function startDaemon(
   db: TestDatabase,
-  opts: { routes?: RoutesFile; env?: Record<string, string>; sinks?: Record<string, Sink> } = {},
+  opts: { routes?: RoutesFileInput; env?: Record<string, string>; sinks?: Record<string, Sink> } = {},
 ): Promise<Daemon> {
   const config = loadEnvConfig({
     METRICS_PORT: '0',

@@ -7,6 +7,7 @@ import { migrate } from '../../src/db/migrator.ts';
 import { ensureEmbeddedCluster } from '../../src/embedded/cluster.ts';
 import { createLogger } from '../../src/log.ts';
 import { TEST_ROLES } from './roles.ts';
+import { freePort } from './ports.ts';
 
 declare module 'vitest' {
   export interface ProvidedContext {
@@ -37,7 +38,7 @@ async function startPostgres(): Promise<{ adminUrl: string; stop: () => Promise<
   }
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'outbox-test-pg-'));
   fs.chmodSync(dir, 0o755);
-  const port = 20000 + Math.floor(Math.random() * 20000);
+  const port = await freePort();
   const cluster = await ensureEmbeddedCluster({ dir: path.join(dir, 'data'), port, log: createLogger('warn') });
   return {
     adminUrl: cluster.url({ database: 'postgres', as: 'superuser' }),
