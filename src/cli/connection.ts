@@ -1,4 +1,6 @@
+import pg from 'pg';
 import type { EnvConfig } from '../config/env.ts';
+import { connectClient } from '../db/connect.ts';
 import type { EmbeddedCluster } from '../embedded/cluster.ts';
 import { prepareEmbedded } from '../embedded/bootstrap.ts';
 import type { Logger } from '../log.ts';
@@ -28,4 +30,24 @@ export async function resolveConnection(
     embedded: cluster,
     release: () => cluster.stop(),
   };
+}
+
+/** Resolves the connection, runs `work` with a client, and cleans up (client, embedded cluster). */
+export async function withClient<T>(
+  config: EnvConfig,
+  log: Logger,
+  opts: { as: 'dispatcher' | 'superuser'; url?: string | undefined; applicationName: string },
+  work: (client: pg.Client) => Promise<T>,
+): Promise<T> {
+  const conn = await resolveConnection(config, log, opts);
+  try {
+    const client = await connectClient(conn.url, opts.applicationName);
+    try {
+      return await work(client);
+    } finally {
+      await client.end().catch(() => undefined);
+    }
+  } finally {
+    await conn.release();
+  }
 }

@@ -1,8 +1,8 @@
 import pg from 'pg';
 import { loadEnvConfig } from '../config/env.ts';
-import { EXIT, StartupError } from '../lifecycle/errors.ts';
+import { EXIT } from '../lifecycle/errors.ts';
 import { createLogger } from '../log.ts';
-import { resolveConnection } from './connection.ts';
+import { withClient } from './connection.ts';
 import { printJson } from './output.ts';
 import { UsageError, parseJsonObject, parseUuid } from './parse.ts';
 
@@ -35,14 +35,7 @@ export async function enqueueCommand(opts: EnqueueOptions, env: NodeJS.ProcessEn
 
   const config = loadEnvConfig(env);
   const log = createLogger(config.logLevel === 'info' ? 'warn' : config.logLevel);
-  const conn = await resolveConnection(config, log, { as: 'superuser', url: opts.databaseUrl });
-  const client = new pg.Client({ connectionString: conn.url, application_name: 'outbox-dispatcher-enqueue' });
-  try {
-    try {
-      await client.connect();
-    } catch (err) {
-      throw new StartupError(`cannot connect to the database: ${(err as Error).message}`, EXIT.DATABASE_UNAVAILABLE, { cause: err });
-    }
+  return withClient(config, log, { as: 'superuser', url: opts.databaseUrl, applicationName: 'outbox-dispatcher-enqueue' }, async (client) => {
     const result = await enqueue(client, { tenant, type: opts.type, payload, dedupeKey: opts.dedupeKey, idempotencyKey: opts.idempotencyKey, count });
     if (opts.json) printJson(result);
     else {
@@ -50,10 +43,7 @@ export async function enqueueCommand(opts: EnqueueOptions, env: NodeJS.ProcessEn
       for (const d of result.duplicates) process.stdout.write(`duplicate dropped: active event ${d.activeEventId ?? '(finished meanwhile)'} holds the key\n`);
     }
     return EXIT.OK;
-  } finally {
-    await client.end().catch(() => undefined);
-    await conn.release();
-  }
+  });
 }
 
 export async function enqueue(

@@ -1,9 +1,8 @@
-import pg from 'pg';
 import { loadEnvConfig } from '../config/env.ts';
 import { loadMigrations, migrate, migrationStatus } from '../db/migrator.ts';
-import { EXIT, StartupError } from '../lifecycle/errors.ts';
+import { EXIT } from '../lifecycle/errors.ts';
 import { createLogger } from '../log.ts';
-import { resolveConnection } from './connection.ts';
+import { withClient } from './connection.ts';
 import { printJson, table } from './output.ts';
 
 export interface MigrateOptions {
@@ -16,14 +15,8 @@ export interface MigrateOptions {
 export async function migrateCommand(opts: MigrateOptions, env: NodeJS.ProcessEnv = process.env): Promise<number> {
   const config = loadEnvConfig(env);
   const log = createLogger(config.logLevel === 'info' ? 'warn' : config.logLevel);
-  const conn = await resolveConnection(config, log, { as: 'superuser', url: opts.databaseUrl ?? config.migrationDatabaseUrl });
-  const client = new pg.Client({ connectionString: conn.url, application_name: 'outbox-dispatcher-migrate' });
-  try {
-    try {
-      await client.connect();
-    } catch (err) {
-      throw new StartupError(`cannot connect to the database: ${(err as Error).message}`, EXIT.DATABASE_UNAVAILABLE, { cause: err });
-    }
+  const url = opts.databaseUrl ?? config.migrationDatabaseUrl;
+  return withClient(config, log, { as: 'superuser', url, applicationName: 'outbox-dispatcher-migrate' }, async (client) => {
     const migrations = loadMigrations();
     if (opts.status) {
       const status = await migrationStatus(client, migrations);
@@ -36,8 +29,5 @@ export async function migrateCommand(opts: MigrateOptions, env: NodeJS.ProcessEn
     if (opts.json) printJson({ applied });
     else process.stdout.write(applied.length ? `applied: ${applied.join(', ')}\n` : 'schema is up to date\n');
     return EXIT.OK;
-  } finally {
-    await client.end().catch(() => undefined);
-    await conn.release();
-  }
+  });
 }

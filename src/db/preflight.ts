@@ -1,6 +1,7 @@
 import pg from 'pg';
 import { EXIT, StartupError } from '../lifecycle/errors.ts';
 import type { Logger } from '../log.ts';
+import { connectClient } from './connect.ts';
 import { migrationStatus } from './migrator.ts';
 import { BACKGROUND_ROLE } from './pool.ts';
 
@@ -21,12 +22,7 @@ export async function preflight(
   connectionString: string,
   opts: { allowPrivilegedRole: boolean; log: Logger },
 ): Promise<void> {
-  const client = new pg.Client({ connectionString, application_name: 'outbox-dispatcher-preflight', connectionTimeoutMillis: 10_000 });
-  try {
-    await client.connect();
-  } catch (err) {
-    throw new StartupError(`cannot connect to the database: ${(err as Error).message}`, EXIT.DATABASE_UNAVAILABLE, { cause: err });
-  }
+  const client = await connectClient(connectionString, 'outbox-dispatcher-preflight');
   try {
     const { rows } = await client.query<RoleRow>(
       `SELECT l.rolname AS login_role, l.rolsuper AS login_super, l.rolbypassrls AS login_bypassrls,

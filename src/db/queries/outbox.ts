@@ -1,4 +1,4 @@
-import { sql, type Kysely } from 'kysely';
+import { sql, type Kysely, type QueryCreator } from 'kysely';
 import type { Database, OutboxStatus } from '../schema.ts';
 
 // The hot-path queries of the dispatcher: claim, complete, rescue. Each is one
@@ -15,6 +15,24 @@ export interface ClaimedRow {
   dedupe_key: string | null;
   idempotency_key: string | null;
   attempts: number;
+}
+
+/**
+ * Up to `limit` rows of `status` whose next_attempt_at has passed, oldest first, locked
+ * and skipping rows other workers hold: one walk of capacity_outbox_dispatch_idx.
+ * For 'pending' that is due events; for 'processing' (next_attempt_at = lease expiry),
+ * expired leases.
+ */
+function dueRows(qc: QueryCreator<Database>, status: 'pending' | 'processing', limit: number) {
+  return qc
+    .selectFrom('capacity_outbox')
+    .select(['id', 'created_at'])
+    .where('status', '=', status)
+    .where('next_attempt_at', '<=', sql<Date>`now()`)
+    .orderBy('next_attempt_at')
+    .limit(limit)
+    .forUpdate()
+    .skipLocked();
 }
 
 const LEASE = (ms: number) => sql<Date>`now() + ${ms} * interval '1 millisecond'`;
@@ -35,17 +53,7 @@ export function claimBatch(
 /** The claim statement itself, unexecuted (for EXPLAIN in tests and benchmarks). */
 export function claimQuery(db: Kysely<Database>, args: { workerId: string; limit: number; leaseMs: number }) {
   return db
-    .with('due', (qb) =>
-      qb
-        .selectFrom('capacity_outbox')
-        .select(['id', 'created_at'])
-        .where('status', '=', 'pending')
-        .where('next_attempt_at', '<=', sql<Date>`now()`)
-        .orderBy('next_attempt_at')
-        .limit(args.limit)
-        .forUpdate()
-        .skipLocked(),
-    )
+    .with('due', (qc) => dueRows(qc, 'pending', args.limit))
     .updateTable('capacity_outbox as o')
     .from('due')
     .set((eb) => ({
@@ -144,17 +152,7 @@ export async function rescueExpiredLeases(
   args: { limit: number; maxAttempts: number },
 ): Promise<RescueResult> {
   const rows = await db
-    .with('expired', (qb) =>
-      qb
-        .selectFrom('capacity_outbox')
-        .select(['id', 'created_at'])
-        .where('status', '=', 'processing')
-        .where('next_attempt_at', '<=', sql<Date>`now()`)
-        .orderBy('next_attempt_at')
-        .limit(args.limit)
-        .forUpdate()
-        .skipLocked(),
-    )
+    .with('expired', (qc) => dueRows(qc, 'processing', args.limit))
     .updateTable('capacity_outbox as o')
     .from('expired')
     .set((eb) => ({
