@@ -22,15 +22,33 @@ CREATE TABLE IF NOT EXISTS public.capacity_outbox (
   CONSTRAINT capacity_outbox_attempts_check CHECK (attempts >= 0)
 ) PARTITION BY RANGE (created_at);
 
+-- A team adopting the daemon may already have a plain (unpartitioned) capacity_outbox.
+-- Bring its columns up to the contract here; `outbox-dispatcher partitions adopt` converts
+-- it to the partitioned layout online afterwards (runbooks/partitions.md).
+DO $$
+BEGIN
+  IF (SELECT relkind FROM pg_class WHERE oid = 'public.capacity_outbox'::regclass) = 'r' THEN
+    ALTER TABLE public.capacity_outbox
+      ADD COLUMN IF NOT EXISTS dedupe_key      text,
+      ADD COLUMN IF NOT EXISTS idempotency_key text,
+      ADD COLUMN IF NOT EXISTS status          text        NOT NULL DEFAULT 'pending',
+      ADD COLUMN IF NOT EXISTS attempts        integer     NOT NULL DEFAULT 0,
+      ADD COLUMN IF NOT EXISTS next_attempt_at timestamptz NOT NULL DEFAULT now(),
+      ADD COLUMN IF NOT EXISTS locked_by       text,
+      ADD COLUMN IF NOT EXISTS locked_until    timestamptz,
+      ADD COLUMN IF NOT EXISTS last_error      text,
+      ADD COLUMN IF NOT EXISTS created_at      timestamptz NOT NULL DEFAULT now(),
+      ADD COLUMN IF NOT EXISTS dispatched_at   timestamptz;
+  END IF;
+END
+$$;
+
 -- The claim query walks this index: status = 'pending' AND next_attempt_at <= now()
 -- ORDER BY next_attempt_at. While an event is 'processing', next_attempt_at holds its
 -- lease expiry, so the lease rescuer walks the same index.
 CREATE INDEX IF NOT EXISTS capacity_outbox_dispatch_idx
   ON public.capacity_outbox (status, next_attempt_at);
 
--- Rows whose month has no partition yet land here instead of failing the producer.
-CREATE TABLE IF NOT EXISTS public.capacity_outbox_default
-  PARTITION OF public.capacity_outbox DEFAULT;
 
 ---------------------------------------------------------------------------------------
 -- Monthly partitions: naming and creation live here, in one place, for the
@@ -84,10 +102,19 @@ END
 $$;
 REVOKE ALL ON FUNCTION outbox_dispatcher.ensure_monthly_partition(regclass, date) FROM PUBLIC;
 
--- Current month and the next two (UTC). Rotation keeps the window moving later.
-SELECT outbox_dispatcher.ensure_monthly_partition('public.capacity_outbox'::regclass,
-         (date_trunc('month', now() AT TIME ZONE 'UTC') + make_interval(months => m))::date)
-FROM generate_series(0, 2) AS m;
+-- Current month and the next two (UTC), and a default partition so that a row whose month
+-- has no partition yet lands there instead of failing the producer. Rotation keeps the
+-- window moving later. (Skipped for a plain table awaiting `partitions adopt`.)
+DO $$
+BEGIN
+  IF (SELECT relkind FROM pg_class WHERE oid = 'public.capacity_outbox'::regclass) = 'p' THEN
+    CREATE TABLE IF NOT EXISTS public.capacity_outbox_default PARTITION OF public.capacity_outbox DEFAULT;
+    PERFORM outbox_dispatcher.ensure_monthly_partition('public.capacity_outbox'::regclass,
+              (date_trunc('month', now() AT TIME ZONE 'UTC') + make_interval(months => m))::date)
+    FROM generate_series(0, 2) AS m;
+  END IF;
+END
+$$;
 
 ---------------------------------------------------------------------------------------
 -- Dedupe of active events (see docs/adr/0001-active-event-dedupe.md).

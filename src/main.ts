@@ -4,8 +4,10 @@ import { runCommand } from './cli/run-command.ts';
 import { migrateCommand } from './cli/migrate-command.ts';
 import { enqueueCommand } from './cli/enqueue-command.ts';
 import { replayCommand, statsCommand } from './cli/events-command.ts';
+import { partitionsRotateCommand, partitionsStatusCommand } from './cli/partitions-command.ts';
 import { UsageError } from './cli/parse.ts';
 import { ConfigError } from './config/errors.ts';
+import { RegistryError } from './partitions/registry.ts';
 import { EXIT, StartupError } from './lifecycle/errors.ts';
 import { VERSION } from './version.ts';
 
@@ -73,6 +75,27 @@ export function buildProgram(): Command {
     .action(async (opts) => {
       process.exitCode = await replayCommand(opts);
     });
+
+  const partitions = program.command('partitions').description('monthly partitions of capacity_outbox and other registered tables');
+  partitions
+    .command('status')
+    .description('each partition with its range, rows, size and what retention would do; runway; default-partition rows')
+    .option('--table <name>', 'only this registered table (name or schema.name)')
+    .option('--json', 'machine-readable output')
+    .addOption(databaseUrlOption())
+    .action(async (opts) => {
+      process.exitCode = await partitionsStatusCommand(opts);
+    });
+  partitions
+    .command('rotate')
+    .description('create partitions ahead, empty the default partition, retire expired ones; prints the DDL (exit 1 if a step failed or was blocked)')
+    .option('--table <name>', 'only this registered table')
+    .option('--dry-run', 'print the DDL plan; execute nothing')
+    .option('--json', 'machine-readable output')
+    .addOption(databaseUrlOption())
+    .action(async (opts) => {
+      process.exitCode = await partitionsRotateCommand(opts);
+    });
   return program;
 }
 
@@ -95,6 +118,10 @@ function exitCodeFor(err: unknown): number {
     return EXIT.CONFIG;
   }
   if (err instanceof UsageError) {
+    say(err.message);
+    return EXIT.USAGE;
+  }
+  if (err instanceof RegistryError) {
     say(err.message);
     return EXIT.USAGE;
   }

@@ -30,7 +30,7 @@ export function parseFilter(opts: FilterOptions): EventFilter {
 }
 
 /** Runs `work` as app_background against DATABASE_URL or the embedded default. */
-async function withDatabase<T>(opts: FilterOptions, env: NodeJS.ProcessEnv, work: (db: Kysely<Database>) => Promise<T>): Promise<T> {
+export async function withDatabase<T>(opts: { databaseUrl?: string }, env: NodeJS.ProcessEnv, work: (db: Kysely<Database>) => Promise<T>): Promise<T> {
   const config = loadEnvConfig(env);
   const log = createLogger(config.logLevel === 'info' ? 'warn' : config.logLevel);
   const conn = await resolveConnection(config, log, { as: 'dispatcher', url: opts.databaseUrl });

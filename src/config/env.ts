@@ -1,4 +1,5 @@
 import os from 'node:os';
+import cron from 'node-cron';
 import { z } from 'zod';
 import { ConfigError } from './errors.ts';
 import { boolVar, enumVar, intVar, postgresUrlVar, stringVar } from './env-schema.ts';
@@ -28,8 +29,17 @@ export const envSchema = z.object({
   OUTBOX_ALLOW_PRIVILEGED_ROLE: boolVar(false),
   OUTBOX_EMBEDDED_DIR: stringVar(),
   OUTBOX_EMBEDDED_PORT: intVar(54329, 1, 65535),
+  PARTITION_CRON: stringVar().superRefine((value, ctx) => {
+    if (value !== undefined && !cron.validate(value)) {
+      ctx.addIssue({ code: 'custom', message: `must be a cron expression such as "17 * * * *" (got ${JSON.stringify(value)})` });
+    }
+  }),
+  PARTITION_ROTATION: boolVar(true),
   LOG_LEVEL: enumVar(LOG_LEVELS, 'info'),
 });
+
+/** Hourly at minute 17, UTC: cheap when there is nothing to do, and off the top of the hour. */
+export const DEFAULT_PARTITION_CRON = '17 * * * *';
 
 export type RawEnv = z.output<typeof envSchema>;
 
@@ -57,6 +67,7 @@ export interface EnvConfig {
   poolSize: number;
   allowPrivilegedRole: boolean;
   embedded: { dir: string; port: number };
+  partitions: { rotation: boolean; cron: string };
   logLevel: LogLevel;
 }
 
@@ -97,6 +108,7 @@ export function loadEnvConfig(env: NodeJS.ProcessEnv = process.env): EnvConfig {
     poolSize: e.OUTBOX_POOL_SIZE,
     allowPrivilegedRole: e.OUTBOX_ALLOW_PRIVILEGED_ROLE,
     embedded: { dir: e.OUTBOX_EMBEDDED_DIR ?? '.data/postgres', port: e.OUTBOX_EMBEDDED_PORT },
+    partitions: { rotation: e.PARTITION_ROTATION, cron: e.PARTITION_CRON ?? DEFAULT_PARTITION_CRON },
     logLevel: e.LOG_LEVEL,
   };
 }

@@ -40,8 +40,21 @@ export interface SchemaMigrationsTable {
   applied_at: Generated<Date>;
 }
 
+export interface ManagedPartitionsTable {
+  table_schema: string;
+  table_name: string;
+  partition_column: string;
+  partition_interval: 'monthly';
+  premake_months: number;
+  retention_months: number;
+  retention_mode: 'drop' | 'detach';
+  status_column: string | null;
+  blocking_statuses: string[];
+}
+
 export interface Database {
   capacity_outbox: CapacityOutboxTable;
   'outbox_dispatcher.capacity_outbox_active_keys': ActiveKeysTable;
   'outbox_dispatcher.schema_migrations': SchemaMigrationsTable;
+  'outbox_dispatcher.managed_partitions': ManagedPartitionsTable;
 }

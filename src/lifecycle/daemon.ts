@@ -11,6 +11,8 @@ import { NotifyListener } from '../listener/notify-listener.ts';
 import type { Logger } from '../log.ts';
 import { OpsServer, type ReadinessReport } from '../metrics/http-server.ts';
 import { DispatcherMetrics } from '../metrics/metrics.ts';
+import { PartitionMetrics } from '../metrics/partition-metrics.ts';
+import { PartitionMaintenance } from '../partitions/maintenance.ts';
 import type { Sink } from '../sinks/types.ts';
 import { TenantScope } from '../tenancy/scope.ts';
 
@@ -22,11 +24,14 @@ export interface DaemonOptions {
   sinks: ReadonlyMap<string, Sink>;
   log: Logger;
   metrics?: DispatcherMetrics;
+  /** The calendar partition maintenance sees (tests inject one). */
+  now?: () => Date;
 }
 
 /**
  * Composes the long-lived services. Start order: ops server, completer, dispatcher,
- * rescuer, listener. Stop order (fixed): listener and rescuer (no more wake-ups),
+ * rescuer, listener, partition maintenance. Stop order (fixed): listener, rescuer and
+ * partition maintenance (no more wake-ups or DDL),
  * dispatcher (stop claiming, drain, release), completer (final flush), sinks, ops
  * server (scrapable while draining), pool.
  */
@@ -39,6 +44,8 @@ export class Daemon {
   readonly rescuer: LeaseRescuer;
   readonly listener: NotifyListener;
   readonly server: OpsServer;
+  /** Undefined when PARTITION_ROTATION=false. */
+  readonly partitions: PartitionMaintenance | undefined;
   readonly #opts: DaemonOptions;
   readonly #log: Logger;
   #stopping: Promise<void> | undefined;
@@ -81,6 +88,9 @@ export class Daemon {
       log,
       this.metrics,
     );
+    this.partitions = config.partitions.rotation
+      ? new PartitionMaintenance(this.db, log, new PartitionMetrics(this.metrics.registry), { cron: config.partitions.cron, now: opts.now })
+      : undefined;
     this.server = new OpsServer(
       { host: config.metrics.host, port: config.metrics.port, registry: this.metrics.registry, readiness: () => this.readiness() },
       log,
@@ -93,6 +103,7 @@ export class Daemon {
     await this.dispatcher.start();
     await this.rescuer.start();
     await this.listener.start();
+    await this.partitions?.start();
     const d = this.#opts.config.dispatch;
     this.#log.info(
       {
@@ -130,7 +141,7 @@ export class Daemon {
 
   async #stop(): Promise<void> {
     this.#log.info('shutting down: no new claims');
-    await Promise.all([this.listener.stop(), this.rescuer.stop()]);
+    await Promise.all([this.listener.stop(), this.rescuer.stop(), this.partitions?.stop()]);
     await this.dispatcher.stop();
     await this.completer.stop();
     await Promise.all([...this.#opts.sinks.values()].map((s) => s.close?.().catch(() => undefined)));

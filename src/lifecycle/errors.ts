@@ -4,6 +4,8 @@ export const EXIT = {
   FAILURE: 1,
   USAGE: 64,
   DATABASE_UNAVAILABLE: 69,
+  /** Try again later (another replica holds the partition rotation lock). */
+  TEMPFAIL: 75,
   PRIVILEGED_ROLE: 77,
   CONFIG: 78,
   SCHEMA_BEHIND: 79,

@@ -24,6 +24,7 @@ export async function startDaemon(
     OUTBOX_BACKOFF_BASE_MS: '50',
     OUTBOX_BACKOFF_MAX_MS: '200',
     LOG_LEVEL: 'silent',
+    PARTITION_ROTATION: 'false',
     ...opts.env,
   });
   const routes = compileRoutes(parseRoutes(opts.routes ?? NOOP_ROUTES), config.dispatch.leaseMs);

@@ -1,0 +1,85 @@
+import { loadEnvConfig } from '../config/env.ts';
+import { EXIT } from '../lifecycle/errors.ts';
+import { createLogger } from '../log.ts';
+import { PartitionRotator, rotationFailed } from '../partitions/rotator.ts';
+import { partitionStatus } from '../partitions/status.ts';
+import { withDatabase } from './events-command.ts';
+import { printJson, table } from './output.ts';
+
+export interface PartitionsOptions {
+  table?: string;
+  json?: boolean;
+  databaseUrl?: string;
+}
+
+function bytes(n: number): string {
+  const units = ['B', 'kB', 'MB', 'GB', 'TB'];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) {
+    n /= 1024;
+    i++;
+  }
+  return `${n.toFixed(i === 0 ? 0 : 1)} ${units[i]}`;
+}
+
+function duration(seconds: number | null): string {
+  if (seconds === null) return 'none (no monthly partitions)';
+  const days = seconds / 86400;
+  return days >= 1 ? `${days.toFixed(1)} days` : `${(seconds / 3600).toFixed(1)} hours`;
+}
+
+export async function partitionsStatusCommand(opts: PartitionsOptions, env: NodeJS.ProcessEnv = process.env): Promise<number> {
+  const status = await withDatabase(opts, env, (db) => partitionStatus(db, new Date(), opts.table));
+  if (opts.json) {
+    printJson(status);
+    return EXIT.OK;
+  }
+  const out: string[] = [];
+  for (const s of status) {
+    const c = s.config;
+    out.push(
+      `${s.table}: monthly on ${c.partition_column}, premake ${c.premake_months}, retention ${c.retention_months} months (${c.retention_mode})`,
+      `  runway: ${duration(s.runwaySeconds)} (last partition ends ${s.lastPartitionEnd?.toISOString() ?? '-'})`,
+      `  default partition rows: ${s.defaultRows}${s.defaultRows > 0 ? '  <- run "partitions rotate" to move them into monthly partitions' : ''}`,
+      `  retention cutoff: partitions ending on or before ${s.retentionCutoff.toISOString()} retire`,
+      '',
+      table(
+        s.partitions.map((p) => ({
+          partition: p.partition_name,
+          from: p.lower_bound?.toISOString().slice(0, 10) ?? (p.is_default ? 'DEFAULT' : '-'),
+          to: p.upper_bound?.toISOString().slice(0, 10) ?? '',
+          est_rows: p.estimated_rows,
+          active_rows: p.active_rows,
+          dead_rows: Number(p.blocking.dead ?? 0),
+          size: bytes(p.size_bytes),
+          retention: p.retention,
+        })),
+      ).replace(/^/gm, '  '),
+      '',
+    );
+  }
+  process.stdout.write(`${out.join('\n')}\n`);
+  return EXIT.OK;
+}
+
+export async function partitionsRotateCommand(opts: PartitionsOptions & { dryRun?: boolean }, env: NodeJS.ProcessEnv = process.env): Promise<number> {
+  const config = loadEnvConfig(env);
+  const log = createLogger(config.logLevel === 'info' ? 'warn' : config.logLevel);
+  const report = await withDatabase(opts, env, (db) => new PartitionRotator(db, log).runOnce({ table: opts.table, dryRun: opts.dryRun }));
+  if (opts.json) printJson(report);
+  else if (!report.ran) process.stdout.write('another replica is rotating partitions right now; nothing done (try again in a minute)\n');
+  else {
+    for (const t of report.tables) {
+      const lines = [`${t.table}: ${report.dryRun ? 'plan (dry run, nothing executed)' : 'executed'}`];
+      if (t.statements.length === 0) lines.push('  nothing to do');
+      for (const s of t.statements) lines.push(`  ${s};`);
+      for (const d of t.defaultRows) lines.push(`  default partition held ${d.rows} row(s) for ${d.month.slice(0, 7)}`);
+      for (const b of t.blocked) lines.push(`  BLOCKED: ${b.partition} is past retention but holds ${JSON.stringify(b.blocking)}; deliver or replay those events first`);
+      for (const e of t.errors) lines.push(`  FAILED: ${e.step}: ${e.message}`);
+      lines.push(`  runway: ${duration(t.runwaySeconds)}`);
+      process.stdout.write(`${lines.join('\n')}\n`);
+    }
+  }
+  if (!report.ran) return EXIT.TEMPFAIL;
+  return rotationFailed(report) ? EXIT.FAILURE : EXIT.OK;
+}

@@ -1,0 +1,52 @@
+import { sql, type Kysely } from 'kysely';
+import type { Database } from '../schema.ts';
+
+// Calls to the partition primitives of migrations/0003 (SECURITY DEFINER, registry-bound).
+
+export interface PartitionRow {
+  partition_name: string;
+  lower_bound: Date | null;
+  upper_bound: Date | null;
+  is_default: boolean;
+  estimated_rows: number;
+  size_bytes: number;
+  /** Rows per blocking status (e.g. {"pending": 3, "dead": 1}); {} when none. */
+  blocking: Record<string, number>;
+}
+
+export async function partitionReport(db: Kysely<Database>, table: string): Promise<PartitionRow[]> {
+  const { rows } = await sql<PartitionRow & { estimated_rows: string; size_bytes: string }>`
+    SELECT * FROM outbox_dispatcher.partition_report(${table})`.execute(db);
+  return rows.map((r) => ({ ...r, estimated_rows: Number(r.estimated_rows), size_bytes: Number(r.size_bytes) }));
+}
+
+export async function defaultPartitionRows(db: Kysely<Database>, table: string): Promise<{ month: string; rows: number }[]> {
+  const { rows } = await sql<{ month: string; row_count: string }>`
+    SELECT month::text AS month, row_count FROM outbox_dispatcher.partition_default_rows(${table})`.execute(db);
+  return rows.map((r) => ({ month: r.month, rows: Number(r.row_count) }));
+}
+
+export async function ensureDefaultPartition(db: Kysely<Database>, table: string, dryRun: boolean): Promise<string[]> {
+  const { rows } = await sql<{ s: string[] }>`SELECT outbox_dispatcher.partition_ensure_default(${table}, ${dryRun}) AS s`.execute(db);
+  return rows[0]!.s;
+}
+
+/** Statements that create the month's partition (moving its rows out of the default); [] if it exists. */
+export async function createMonthlyPartition(db: Kysely<Database>, table: string, month: string, dryRun: boolean): Promise<string[]> {
+  const { rows } = await sql<{ s: string[] }>`SELECT outbox_dispatcher.partition_create(${table}, ${month}::date, ${dryRun}) AS s`.execute(db);
+  return rows[0]!.s;
+}
+
+export interface RetireResult {
+  result: 'retired' | 'planned' | 'blocked' | 'kept';
+  statements?: string[];
+  blocking?: Record<string, number>;
+  reason?: string;
+  mode?: 'drop' | 'detach';
+}
+
+export async function retirePartition(db: Kysely<Database>, table: string, partition: string, now: Date, dryRun: boolean): Promise<RetireResult> {
+  const { rows } = await sql<{ r: RetireResult }>`
+    SELECT outbox_dispatcher.partition_retire(${table}, ${partition}, ${now}, ${dryRun}) AS r`.execute(db);
+  return rows[0]!.r;
+}

@@ -1,0 +1,95 @@
+import cron, { type ScheduledTask } from 'node-cron';
+import type { Kysely } from 'kysely';
+import type { Database } from '../db/schema.ts';
+import type { Service } from '../lifecycle/service.ts';
+import type { Logger } from '../log.ts';
+import type { PartitionMetrics } from '../metrics/partition-metrics.ts';
+import { PartitionRotator, type RotationReport } from './rotator.ts';
+import { partitionStatus } from './status.ts';
+
+export interface MaintenanceOptions {
+  /** node-cron expression, evaluated in UTC. */
+  cron: string;
+  now?: () => Date;
+}
+
+/**
+ * Runs partition rotation at start-up and on a cron schedule. Every replica schedules
+ * it; the rotator's advisory lock lets one work while the others only refresh metrics.
+ */
+export class PartitionMaintenance implements Service {
+  readonly name = 'partition-maintenance';
+  readonly #db: Kysely<Database>;
+  readonly #log: Logger;
+  readonly #metrics: PartitionMetrics;
+  readonly #opts: MaintenanceOptions;
+  readonly #rotator: PartitionRotator;
+  #task: ScheduledTask | undefined;
+  #running: Promise<unknown> | undefined;
+  #stopped = false;
+
+  constructor(db: Kysely<Database>, log: Logger, metrics: PartitionMetrics, opts: MaintenanceOptions) {
+    this.#db = db;
+    this.#log = log.child({ component: 'partition-maintenance' });
+    this.#metrics = metrics;
+    this.#opts = opts;
+    this.#rotator = new PartitionRotator(db, log, opts.now);
+  }
+
+  async start(): Promise<void> {
+    if (this.#task || this.#stopped) return;
+    this.#task = cron.schedule(this.#opts.cron, () => this.#tick(), { timezone: 'UTC', name: 'partition-rotation', noOverlap: true });
+    void this.#tick();
+  }
+
+  #tick(): Promise<unknown> {
+    if (this.#stopped) return Promise.resolve();
+    this.#running ??= this.runOnce()
+      .catch((err: unknown) => this.#log.error({ err }, 'partition rotation failed'))
+      .finally(() => (this.#running = undefined));
+    return this.#running;
+  }
+
+  /** One rotation, with metrics updated from its outcome. */
+  async runOnce(): Promise<RotationReport> {
+    let report: RotationReport;
+    try {
+      report = await this.#rotator.runOnce();
+    } catch (err) {
+      this.#metrics.rotationRuns.inc({ result: 'failed' });
+      throw err;
+    }
+    if (!report.ran) {
+      this.#metrics.rotationRuns.inc({ result: 'skipped' });
+      await this.#observe();
+      return report;
+    }
+    let failed = false;
+    for (const t of report.tables) {
+      if (t.errors.length > 0) this.#metrics.rotationFailures.inc({ table: t.table }, t.errors.length);
+      else this.#metrics.lastSuccess.set({ table: t.table }, report.at.getTime() / 1000);
+      this.#metrics.retirementBlocked.set({ table: t.table }, t.blocked.length);
+      this.#metrics.defaultRows.set({ table: t.table }, t.defaultRows.reduce((a, d) => a + d.rows, 0));
+      this.#metrics.setLastPartitionEnd(t.table, t.lastPartitionEnd);
+      failed ||= t.errors.length > 0 || t.blocked.length > 0;
+    }
+    this.#metrics.rotationRuns.inc({ result: failed ? 'failed' : 'ok' });
+    return report;
+  }
+
+  /** Read-only refresh of runway and default-partition gauges (when another replica rotates). */
+  async #observe(): Promise<void> {
+    for (const s of await partitionStatus(this.#db, (this.#opts.now ?? (() => new Date()))())) {
+      this.#metrics.setLastPartitionEnd(s.table, s.lastPartitionEnd);
+      this.#metrics.defaultRows.set({ table: s.table }, s.defaultRows);
+      this.#metrics.retirementBlocked.set({ table: s.table }, s.partitions.filter((p) => p.retention === 'blocked').length);
+    }
+  }
+
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    await this.#task?.stop();
+    await this.#task?.destroy();
+    await this.#running;
+  }
+}

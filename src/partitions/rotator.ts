@@ -1,0 +1,163 @@
+import type { Kysely } from 'kysely';
+import { sql } from 'kysely';
+import type { Database } from '../db/schema.ts';
+import {
+  createMonthlyPartition,
+  defaultPartitionRows,
+  ensureDefaultPartition,
+  partitionReport,
+  retirePartition,
+  type PartitionRow,
+} from '../db/queries/partitions.ts';
+import type { Logger } from '../log.ts';
+import { addMonthsUtc, isoDate, startOfMonthUtc } from './months.ts';
+import { loadRegistry, qualifiedName, type ManagedTable } from './registry.ts';
+
+/** Session advisory lock: one rotator at a time across every replica. */
+const ROTATION_LOCK = "hashtext('outbox_dispatcher.partition_rotation')";
+
+export interface TableRotation {
+  table: string;
+  /** Statements executed (or, on a dry run, planned), in order. */
+  statements: string[];
+  created: string[];
+  /** Rows found in the default partition, by month, before this run moved them. */
+  defaultRows: { month: string; rows: number }[];
+  retired: string[];
+  /** Partitions past retention that still hold undelivered events. */
+  blocked: { partition: string; blocking: Record<string, number> }[];
+  errors: { step: string; message: string }[];
+  /** End of the last monthly partition after this run. */
+  lastPartitionEnd: Date | null;
+  runwaySeconds: number | null;
+}
+
+export interface RotationReport {
+  /** False when another replica held the rotation lock; nothing was done. */
+  ran: boolean;
+  dryRun: boolean;
+  at: Date;
+  tables: TableRotation[];
+}
+
+export function rotationFailed(report: RotationReport): boolean {
+  return report.tables.some((t) => t.errors.length > 0 || t.blocked.length > 0);
+}
+
+/**
+ * Keeps monthly partitions `premake` months ahead, empties the default partition into
+ * proper partitions, and retires partitions past retention unless they hold undelivered
+ * events. Idempotent; `now` is injected so tests control the calendar.
+ */
+export class PartitionRotator {
+  readonly #db: Kysely<Database>;
+  readonly #log: Logger;
+  readonly #now: () => Date;
+
+  constructor(db: Kysely<Database>, log: Logger, now: () => Date = () => new Date()) {
+    this.#db = db;
+    this.#log = log.child({ component: 'partition-rotator' });
+    this.#now = now;
+  }
+
+  async runOnce(opts: { table?: string; dryRun?: boolean } = {}): Promise<RotationReport> {
+    const dryRun = opts.dryRun ?? false;
+    const at = this.#now();
+    return this.#db.connection().execute(async (conn) => {
+      const locked = await sql<{ ok: boolean }>`SELECT pg_try_advisory_lock(${sql.raw(ROTATION_LOCK)}) AS ok`.execute(conn);
+      if (!locked.rows[0]!.ok) {
+        this.#log.info('another replica is rotating partitions; skipping this run');
+        return { ran: false, dryRun, at, tables: [] };
+      }
+      try {
+        const tables = await loadRegistry(conn, opts.table);
+        const results: TableRotation[] = [];
+        for (const t of tables) results.push(await this.#rotateTable(conn, t, at, dryRun));
+        return { ran: true, dryRun, at, tables: results };
+      } finally {
+        await sql`SELECT pg_advisory_unlock(${sql.raw(ROTATION_LOCK)})`.execute(conn);
+      }
+    });
+  }
+
+  async #rotateTable(db: Kysely<Database>, t: ManagedTable, now: Date, dryRun: boolean): Promise<TableRotation> {
+    const table = qualifiedName(t);
+    const out: TableRotation = {
+      table,
+      statements: [],
+      created: [],
+      defaultRows: [],
+      retired: [],
+      blocked: [],
+      errors: [],
+      lastPartitionEnd: null,
+      runwaySeconds: null,
+    };
+    const step = async (name: string, fn: () => Promise<void>) => {
+      try {
+        await fn();
+      } catch (err) {
+        out.errors.push({ step: name, message: (err as Error).message });
+        this.#log.error({ table, step: name, err }, 'partition rotation step failed');
+      }
+    };
+
+    await step('ensure default partition', async () => {
+      out.statements.push(...(await ensureDefaultPartition(db, table, dryRun)));
+    });
+    await step('inspect default partition', async () => {
+      out.defaultRows = await defaultPartitionRows(db, table);
+    });
+    if (out.defaultRows.length > 0) {
+      this.#log.warn({ table, defaultRows: out.defaultRows }, 'rows found in the default partition; moving them into monthly partitions');
+    }
+
+    // Premake: this month through this month + premake, plus any month stranded in the default.
+    const first = startOfMonthUtc(now);
+    const months = new Set<string>();
+    for (let k = 0; k <= t.premake_months; k++) months.add(isoDate(addMonthsUtc(first, k)));
+    for (const d of out.defaultRows) months.add(d.month);
+    for (const month of [...months].sort()) {
+      await step(`create partition for ${month}`, async () => {
+        const stmts = await createMonthlyPartition(db, table, month, dryRun);
+        if (stmts.length > 0) {
+          out.statements.push(...stmts);
+          out.created.push(month);
+        }
+      });
+    }
+
+    // Retention: partitions wholly before the window.
+    let report: PartitionRow[] = [];
+    await step('list partitions', async () => {
+      report = await partitionReport(db, table);
+    });
+    const cutoff = addMonthsUtc(first, -t.retention_months);
+    for (const p of report.filter((r) => !r.is_default && r.upper_bound && r.upper_bound <= cutoff)) {
+      await step(`retire ${p.partition_name}`, async () => {
+        const r = await retirePartition(db, table, p.partition_name, now, dryRun);
+        if (r.result === 'blocked') {
+          out.blocked.push({ partition: p.partition_name, blocking: r.blocking ?? {} });
+          this.#log.error({ table, partition: p.partition_name, blocking: r.blocking }, 'retention blocked: partition past its window still holds undelivered events');
+        } else if (r.result === 'retired' || r.result === 'planned') {
+          out.statements.push(...(r.statements ?? []));
+          out.retired.push(p.partition_name);
+        }
+      });
+    }
+
+    await step('measure runway', async () => {
+      const after = dryRun ? report : await partitionReport(db, table);
+      const ends = after.filter((r) => !r.is_default && r.upper_bound).map((r) => r.upper_bound!.getTime());
+      if (dryRun) for (const m of out.created) ends.push(addMonthsUtc(new Date(`${m}T00:00:00Z`), 1).getTime());
+      if (ends.length > 0) {
+        out.lastPartitionEnd = new Date(Math.max(...ends));
+        out.runwaySeconds = (out.lastPartitionEnd.getTime() - now.getTime()) / 1000;
+      }
+    });
+    if (!dryRun && (out.created.length || out.retired.length)) {
+      this.#log.info({ table, created: out.created, retired: out.retired }, 'partitions rotated');
+    }
+    return out;
+  }
+}
