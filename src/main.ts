@@ -4,7 +4,8 @@ import { runCommand } from './cli/run-command.ts';
 import { migrateCommand } from './cli/migrate-command.ts';
 import { enqueueCommand } from './cli/enqueue-command.ts';
 import { replayCommand, statsCommand } from './cli/events-command.ts';
-import { partitionsRotateCommand, partitionsStatusCommand } from './cli/partitions-command.ts';
+import { partitionsAdoptCommand, partitionsRotateCommand, partitionsStatusCommand } from './cli/partitions-command.ts';
+import { AdoptError } from './partitions/adopt.ts';
 import { UsageError } from './cli/parse.ts';
 import { ConfigError } from './config/errors.ts';
 import { RegistryError } from './partitions/registry.ts';
@@ -96,6 +97,16 @@ export function buildProgram(): Command {
     .action(async (opts) => {
       process.exitCode = await partitionsRotateCommand(opts);
     });
+  partitions
+    .command('adopt')
+    .description('convert a plain registered table into the partitioned layout online (as the table owner: MIGRATION_DATABASE_URL or DATABASE_URL)')
+    .requiredOption('--table <name>', 'the registered table to convert')
+    .option('--batch-size <n>', 'rows copied per batch', '5000')
+    .option('--json', 'machine-readable output')
+    .addOption(databaseUrlOption())
+    .action(async (opts) => {
+      process.exitCode = await partitionsAdoptCommand(opts);
+    });
   return program;
 }
 
@@ -120,6 +131,10 @@ function exitCodeFor(err: unknown): number {
   if (err instanceof UsageError) {
     say(err.message);
     return EXIT.USAGE;
+  }
+  if (err instanceof AdoptError) {
+    say(`adopt: ${err.message}`);
+    return EXIT.FAILURE;
   }
   if (err instanceof RegistryError) {
     say(err.message);

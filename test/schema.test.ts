@@ -1,11 +1,10 @@
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { inject } from 'vitest';
 import { loadMigrations, migrate, migrationStatus, MigrationError } from '../src/db/migrator.ts';
 import { preflight } from '../src/db/preflight.ts';
 import { EXIT, StartupError } from '../src/lifecycle/errors.ts';
 import { createLogger } from '../src/log.ts';
-import { createTestDatabase, type TestDatabase } from './support/db.ts';
+import { createEmptyDatabase, createTestDatabase, type TestDatabase } from './support/db.ts';
 
 let db: TestDatabase;
 beforeAll(async () => {
@@ -15,29 +14,9 @@ afterAll(async () => {
   await db.drop();
 });
 
-async function emptyDatabase(): Promise<{ url: string; drop: () => Promise<void> }> {
-  const root = inject('adminUrl');
-  const name = `t_${inject('runId')}_empty_${Math.random().toString(36).slice(2, 8)}`;
-  const c = new pg.Client({ connectionString: root });
-  await c.connect();
-  await c.query(`CREATE DATABASE ${name}`);
-  await c.end();
-  const u = new URL(root);
-  u.pathname = `/${name}`;
-  return {
-    url: u.toString(),
-    drop: async () => {
-      const d = new pg.Client({ connectionString: root });
-      await d.connect();
-      await d.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
-      await d.end();
-    },
-  };
-}
-
 describe('migrations', () => {
   it('apply once when two replicas migrate at the same moment, and are idempotent afterwards', async () => {
-    const target = await emptyDatabase();
+    const target = await createEmptyDatabase();
     const clients = [new pg.Client(target.url), new pg.Client(target.url)];
     try {
       await Promise.all(clients.map((c) => c.connect()));

@@ -1,9 +1,13 @@
 import { loadEnvConfig } from '../config/env.ts';
 import { EXIT } from '../lifecycle/errors.ts';
 import { createLogger } from '../log.ts';
+import { adoptTable } from '../partitions/adopt.ts';
+import { parseTableRef } from '../partitions/registry.ts';
 import { PartitionRotator, rotationFailed } from '../partitions/rotator.ts';
 import { partitionStatus } from '../partitions/status.ts';
+import { withClient } from './connection.ts';
 import { withDatabase } from './events-command.ts';
+import { parsePositiveInt } from './parse.ts';
 import { printJson, table } from './output.ts';
 
 export interface PartitionsOptions {
@@ -82,4 +86,21 @@ export async function partitionsRotateCommand(opts: PartitionsOptions & { dryRun
   }
   if (!report.ran) return EXIT.TEMPFAIL;
   return rotationFailed(report) ? EXIT.FAILURE : EXIT.OK;
+}
+
+/** Converts a plain registered table to the partitioned layout online (as the table owner). */
+export async function partitionsAdoptCommand(
+  opts: { table: string; batchSize?: string; databaseUrl?: string; json?: boolean },
+  env: NodeJS.ProcessEnv = process.env,
+): Promise<number> {
+  parseTableRef(opts.table);
+  const batchSize = opts.batchSize === undefined ? undefined : parsePositiveInt('--batch-size', opts.batchSize, 1_000_000);
+  const config = loadEnvConfig(env);
+  const log = createLogger(config.logLevel === 'info' ? 'warn' : config.logLevel);
+  const url = opts.databaseUrl ?? config.migrationDatabaseUrl;
+  const result = await withClient(config, log, { as: 'superuser', url, applicationName: 'outbox-dispatcher-adopt' }, (client) =>
+    adoptTable(client, log, { table: opts.table, batchSize, onStep: opts.json ? undefined : (m) => process.stdout.write(`${m}\n`) }),
+  );
+  if (opts.json) printJson(result);
+  return EXIT.OK;
 }

@@ -126,3 +126,28 @@ export async function statusCounts(db: TestDatabase): Promise<Record<string, num
   const { rows } = await db.query<{ status: string; n: string }>('SELECT status, count(*) AS n FROM capacity_outbox GROUP BY status');
   return Object.fromEntries(rows.map((r) => [r.status, Number(r.n)]));
 }
+
+/** An empty database (no migrations) for tests of the migrations themselves. */
+export async function createEmptyDatabase(): Promise<{ url: string; drop: () => Promise<void> }> {
+  const root = inject('adminUrl');
+  const name = `t_${inject('runId')}_${crypto.randomBytes(5).toString('hex')}`;
+  const c = new pg.Client({ connectionString: root });
+  await c.connect();
+  await c.query(`CREATE DATABASE ${name}`);
+  await c.end();
+  return {
+    url: withUser(root, name),
+    drop: async () => {
+      const d = new pg.Client({ connectionString: root });
+      await d.connect();
+      await d.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+      await d.end();
+    },
+  };
+}
+
+/** The URL of `url`'s database for a test login role. */
+export function asRole(url: string, role: 'worker' | 'producer'): string {
+  const u = new URL(url);
+  return withUser(url, u.pathname.slice(1), role === 'worker' ? TEST_ROLES.worker : TEST_ROLES.producer);
+}
