@@ -26,6 +26,8 @@ export const envSchema = z.object({
   OUTBOX_POOL_SIZE: intVar(4, 2, 200),
   OUTBOX_MAX_PAYLOAD_BYTES: intVar(1_048_576, 1, 104_857_600),
   OUTBOX_WORKER_ID: stringVar(),
+  OUTBOX_BACKLOG_SAMPLE_MS: intVar(15_000, 0, 3_600_000),
+  OUTBOX_BACKLOG_COUNT_CAP: intVar(100_000, 1, 100_000_000),
   OUTBOX_ALLOW_PRIVILEGED_ROLE: boolVar(false),
   OUTBOX_EMBEDDED_DIR: stringVar(),
   OUTBOX_EMBEDDED_PORT: intVar(54329, 1, 65535),
@@ -65,6 +67,8 @@ export interface EnvConfig {
   metrics: { port: number; host: string };
   dispatch: DispatchSettings;
   poolSize: number;
+  /** 0 disables sampling. */
+  backlog: { sampleMs: number; countCap: number };
   allowPrivilegedRole: boolean;
   embedded: { dir: string; port: number };
   partitions: { rotation: boolean; cron: string };
@@ -106,6 +110,7 @@ export function loadEnvConfig(env: NodeJS.ProcessEnv = process.env): EnvConfig {
       maxPayloadBytes: e.OUTBOX_MAX_PAYLOAD_BYTES,
     },
     poolSize: e.OUTBOX_POOL_SIZE,
+    backlog: { sampleMs: e.OUTBOX_BACKLOG_SAMPLE_MS, countCap: e.OUTBOX_BACKLOG_COUNT_CAP },
     allowPrivilegedRole: e.OUTBOX_ALLOW_PRIVILEGED_ROLE,
     embedded: { dir: e.OUTBOX_EMBEDDED_DIR ?? '.data/postgres', port: e.OUTBOX_EMBEDDED_PORT },
     partitions: { rotation: e.PARTITION_ROTATION, cron: e.PARTITION_CRON ?? DEFAULT_PARTITION_CRON },

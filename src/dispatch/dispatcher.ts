@@ -181,6 +181,8 @@ export class Dispatcher implements Service {
     switch (outcome.kind) {
       case 'done':
         this.#d.metrics.eventsDispatched.inc({ outcome: 'success', event_type: eventType });
+        this.#d.metrics.attempts.observe({ outcome: 'success' }, row.attempts);
+        this.#d.metrics.deliveryLag.observe(Math.max(0, (Date.now() - row.created_at.getTime()) / 1000));
         this.#log.debug(fields, 'event dispatched');
         break;
       case 'retry':
@@ -189,6 +191,7 @@ export class Dispatcher implements Service {
         break;
       case 'dead':
         this.#d.metrics.eventsDispatched.inc({ outcome: 'dead', event_type: eventType });
+        this.#d.metrics.attempts.observe({ outcome: 'dead' }, row.attempts);
         this.#log.error({ ...fields, error: outcome.error }, 'event dead-lettered');
         break;
       case 'release':
@@ -226,6 +229,7 @@ export class Dispatcher implements Service {
       await Promise.race([Promise.allSettled([...this.#tasks]), sleep(5000)]);
     }
     this.#state = 'stopped';
+    this.#d.metrics.shutdownDrains.inc({ result: timedOut ? 'aborted' : 'clean' });
     if (this.#tasks.size > 0) this.#log.error({ stuck: this.#tasks.size }, 'sends still running after abort; their leases will expire');
     else this.#log.info('dispatcher drained');
   }

@@ -10,6 +10,7 @@ import { LeaseRescuer } from '../dispatch/rescuer.ts';
 import { NotifyListener } from '../listener/notify-listener.ts';
 import type { Logger } from '../log.ts';
 import { OpsServer, type ReadinessReport } from '../metrics/http-server.ts';
+import { BacklogSampler } from '../metrics/backlog-sampler.ts';
 import { DispatcherMetrics } from '../metrics/metrics.ts';
 import { PartitionMetrics } from '../metrics/partition-metrics.ts';
 import { PartitionMaintenance } from '../partitions/maintenance.ts';
@@ -30,8 +31,8 @@ export interface DaemonOptions {
 
 /**
  * Composes the long-lived services. Start order: ops server, completer, dispatcher,
- * rescuer, listener, partition maintenance. Stop order (fixed): listener, rescuer and
- * partition maintenance (no more wake-ups or DDL),
+ * rescuer, listener, partition maintenance, backlog sampler. Stop order (fixed): listener,
+ * rescuer, partition maintenance and backlog sampler (no more wake-ups, DDL or sampling),
  * dispatcher (stop claiming, drain, release), completer (final flush), sinks, ops
  * server (scrapable while draining), pool.
  */
@@ -46,6 +47,8 @@ export class Daemon {
   readonly server: OpsServer;
   /** Undefined when PARTITION_ROTATION=false. */
   readonly partitions: PartitionMaintenance | undefined;
+  /** Undefined when OUTBOX_BACKLOG_SAMPLE_MS=0. */
+  readonly backlog: BacklogSampler | undefined;
   readonly #opts: DaemonOptions;
   readonly #log: Logger;
   #stopping: Promise<void> | undefined;
@@ -91,6 +94,9 @@ export class Daemon {
     this.partitions = config.partitions.rotation
       ? new PartitionMaintenance(this.db, log, new PartitionMetrics(this.metrics.registry), { cron: config.partitions.cron, now: opts.now })
       : undefined;
+    this.backlog = config.backlog.sampleMs > 0
+      ? new BacklogSampler(this.db, log, this.metrics, { intervalMs: config.backlog.sampleMs, cap: config.backlog.countCap })
+      : undefined;
     this.server = new OpsServer(
       { host: config.metrics.host, port: config.metrics.port, registry: this.metrics.registry, readiness: () => this.readiness() },
       log,
@@ -104,6 +110,7 @@ export class Daemon {
     await this.rescuer.start();
     await this.listener.start();
     await this.partitions?.start();
+    await this.backlog?.start();
     const d = this.#opts.config.dispatch;
     this.#log.info(
       {
@@ -141,7 +148,7 @@ export class Daemon {
 
   async #stop(): Promise<void> {
     this.#log.info('shutting down: no new claims');
-    await Promise.all([this.listener.stop(), this.rescuer.stop(), this.partitions?.stop()]);
+    await Promise.all([this.listener.stop(), this.rescuer.stop(), this.partitions?.stop(), this.backlog?.stop()]);
     await this.dispatcher.stop();
     await this.completer.stop();
     await Promise.all([...this.#opts.sinks.values()].map((s) => s.close?.().catch(() => undefined)));

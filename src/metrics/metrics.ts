@@ -23,11 +23,22 @@ export class DispatcherMetrics {
   readonly completionFlushErrors: Counter;
   readonly listenerConnected: Gauge;
   readonly listenerReconnects: Counter;
+  readonly backlog: Gauge<'status'>;
+  readonly oldestDueAge: Gauge;
+  readonly backlogSampleErrors: Counter;
+  readonly deliveryLag: Histogram;
+  readonly attempts: Histogram<'outcome'>;
+  readonly shutdownDrains: Counter<'result'>;
   readonly #eventTypes = new Set<string>();
 
   constructor(registry: Registry = new Registry()) {
     this.registry = registry;
     collectDefaultMetrics({ register: registry });
+    // prom-client names these gauges *_total, which Prometheus reserves for counters
+    // (promtool check metrics rejects them); the per-type nodejs_active_* gauges remain.
+    for (const name of ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total']) {
+      registry.removeSingleMetric(name);
+    }
     const r = [registry];
     new Gauge({
       name: 'outbox_build_info',
@@ -100,6 +111,41 @@ export class DispatcherMetrics {
     this.listenerReconnects = new Counter({
       name: 'outbox_listener_reconnects_total',
       help: 'Reconnection attempts of the LISTEN connection.',
+      registers: r,
+    });
+    this.backlog = new Gauge({
+      name: 'outbox_backlog_events',
+      help: 'Events by status (pending, processing, dead), counted up to OUTBOX_BACKLOG_COUNT_CAP (a value at the cap means at least that many).',
+      labelNames: ['status'],
+      registers: r,
+    });
+    this.oldestDueAge = new Gauge({
+      name: 'outbox_oldest_due_event_age_seconds',
+      help: 'How long the oldest due pending event has waited past its next_attempt_at (dispatch lag); 0 when none is due.',
+      registers: r,
+    });
+    this.backlogSampleErrors = new Counter({
+      name: 'outbox_backlog_sample_errors_total',
+      help: 'Failed backlog samples.',
+      registers: r,
+    });
+    this.deliveryLag = new Histogram({
+      name: 'outbox_event_delivery_lag_seconds',
+      help: 'From the event being committed (created_at) to its successful delivery.',
+      buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600],
+      registers: r,
+    });
+    this.attempts = new Histogram({
+      name: 'outbox_event_attempts',
+      help: 'Attempt number at which an event finished, by outcome (success, dead).',
+      labelNames: ['outcome'],
+      buckets: [1, 2, 3, 4, 5, 7, 10, 15, 20, 50],
+      registers: r,
+    });
+    this.shutdownDrains = new Counter({
+      name: 'outbox_shutdown_drains_total',
+      help: 'Graceful shutdowns by result: clean (everything finished or was released), aborted (sends cut at the grace period).',
+      labelNames: ['result'],
       registers: r,
     });
   }

@@ -1,0 +1,53 @@
+import type { Kysely } from 'kysely';
+import { sampleBacklog } from '../db/queries/backlog.ts';
+import type { Database } from '../db/schema.ts';
+import { jitter, sleep, type Service } from '../lifecycle/service.ts';
+import type { Logger } from '../log.ts';
+import type { DispatcherMetrics } from './metrics.ts';
+
+/** Refreshes the backlog and lag gauges every `intervalMs` (bounded, index-only work). */
+export class BacklogSampler implements Service {
+  readonly name = 'backlog-sampler';
+  readonly #db: Kysely<Database>;
+  readonly #log: Logger;
+  readonly #metrics: DispatcherMetrics;
+  readonly #intervalMs: number;
+  readonly #cap: number;
+  readonly #stop = new AbortController();
+  #loop: Promise<void> | undefined;
+
+  constructor(db: Kysely<Database>, log: Logger, metrics: DispatcherMetrics, opts: { intervalMs: number; cap: number }) {
+    this.#db = db;
+    this.#log = log.child({ component: 'backlog-sampler' });
+    this.#metrics = metrics;
+    this.#intervalMs = opts.intervalMs;
+    this.#cap = opts.cap;
+  }
+
+  async start(): Promise<void> {
+    this.#loop ??= this.#run();
+  }
+
+  async runOnce(): Promise<void> {
+    const s = await sampleBacklog(this.#db, this.#cap);
+    for (const [status, n] of Object.entries(s.counts)) this.#metrics.backlog.set({ status }, n);
+    this.#metrics.oldestDueAge.set(s.oldestDueAgeSeconds);
+  }
+
+  async #run(): Promise<void> {
+    while (!this.#stop.signal.aborted) {
+      try {
+        await this.runOnce();
+      } catch (err) {
+        this.#metrics.backlogSampleErrors.inc();
+        this.#log.warn({ err }, 'sampling the backlog failed');
+      }
+      await sleep(jitter(this.#intervalMs, 0.1), this.#stop.signal);
+    }
+  }
+
+  async stop(): Promise<void> {
+    this.#stop.abort();
+    await this.#loop;
+  }
+}
