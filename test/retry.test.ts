@@ -18,8 +18,8 @@ describe('retry policy', () => {
 
   it('maps failures to retry, dead (permanent or exhausted) and release (shutdown)', () => {
     expect(outcomeForFailure(new RetryableDispatchError('HTTP 503'), 1, policy, () => 0.5)).toEqual({ kind: 'retry', delayMs: 500, error: 'HTTP 503' });
-    expect(outcomeForFailure(new Error('boom'), 5, policy)).toEqual({ kind: 'dead', error: 'exhausted 5/5 attempts: boom' });
-    expect(outcomeForFailure(new PermanentDispatchError('HTTP 400'), 1, policy)).toEqual({ kind: 'dead', error: 'permanent: HTTP 400' });
+    expect(outcomeForFailure(new Error('boom'), 5, policy)).toEqual({ kind: 'dead', error: 'exhausted 5/5 attempts: boom', reason: 'exhausted' });
+    expect(outcomeForFailure(new PermanentDispatchError('HTTP 400'), 1, policy)).toEqual({ kind: 'dead', error: 'permanent: HTTP 400', reason: 'permanent' });
     expect(outcomeForFailure(new DispatchAbortedError('x'), 1, policy)).toEqual({ kind: 'release' });
   });
 

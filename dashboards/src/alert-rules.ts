@@ -70,7 +70,7 @@ export function alertRules(opts: RuleOptions = {}): AlertRule[] {
       `sum(rate(outbox_events_dispatched_total{${sel},outcome!="success"}[${w(300)}])) / sum(rate(outbox_events_dispatched_total{${sel}}[${w(300)}])) > 0.05`, 600,
       'More than 5% of dispatch attempts fail',
       'More than 5% of delivery attempts end in retry or dead-letter: a sink is failing or rejecting events.'),
-    rule('OutboxDeadLettersIncreasing', 'warning', `sum(increase(outbox_events_dispatched_total{${sel},outcome="dead"}[${w(900)}])) > 0`, 0,
+    rule('OutboxDeadLettersIncreasing', 'warning', `sum(increase(outbox_events_dead_lettered_total{${sel}}[${w(900)}])) > 0`, 0,
       'Events are being dead-lettered',
       'Events went to dead in the last 15 minutes (permanent sink errors, exhausted retries, unrouted or malformed events). They wait for a replay.'),
     rule('OutboxClaimLatencyHigh', 'warning',

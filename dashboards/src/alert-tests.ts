@@ -32,7 +32,7 @@ export const alertCases: AlertCase[] = [
     firingAt: '30m',
     labels: {},
   },
-  { alert: 'OutboxDeadLettersIncreasing', series: { [`outbox_events_dispatched_total{${J},${I},outcome="dead",event_type="booking.created"}`]: '0x10 1 2 3 3 3 3' }, quietAt: '8m', firingAt: '13m', labels: {} },
+  { alert: 'OutboxDeadLettersIncreasing', series: { [`outbox_events_dead_lettered_total{${J},${I},reason="permanent"}`]: '0x10 1 2 3 3 3 3' }, quietAt: '8m', firingAt: '13m', labels: {} },
   {
     alert: 'OutboxClaimLatencyHigh',
     series: Object.fromEntries([

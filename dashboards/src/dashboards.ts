@@ -46,7 +46,7 @@ export const overview: Dashboard = {
       targets: [{ expr: `sum(rate(outbox_events_dispatched_total{${JOB},outcome!="success"}[$__rate_interval])) / sum(rate(outbox_events_dispatched_total{${JOB}}[$__rate_interval]))`, legendFormat: 'errors / attempts' }],
     },
     { title: 'Dead letters (current)', type: 'stat', unit: 'short', targets: [{ expr: `max(outbox_backlog_events{${JOB},status="dead"})`, legendFormat: 'dead' }] },
-    { title: 'Dead-lettered per minute', type: 'timeseries', unit: 'short', targets: [{ expr: `sum(rate(outbox_events_dispatched_total{${JOB},outcome="dead"}[$__rate_interval])) * 60`, legendFormat: 'dead / min' }] },
+    { title: 'Dead-lettered per minute by reason', type: 'timeseries', unit: 'short', targets: [{ expr: `sum by (reason) (rate(outbox_events_dead_lettered_total{${JOB}}[$__rate_interval])) * 60`, legendFormat: '{{reason}}' }] },
     {
       title: 'Claim latency (p50, p99) vs the 10 ms budget',
       type: 'timeseries',

@@ -140,9 +140,9 @@ export class Dispatcher implements Service {
     }
 
     const checked = checkEvent(row, settings.maxPayloadBytes);
-    if (!checked.ok) return finish({ kind: 'dead', error: checked.reason });
+    if (!checked.ok) return finish({ kind: 'dead', error: checked.reason, reason: 'malformed' });
     const route = findRoute(routes, row.event_type);
-    if (!route) return finish({ kind: 'dead', error: `unrouted: no route in OUTBOX_ROUTES matches event type ${row.event_type}` });
+    if (!route) return finish({ kind: 'dead', error: `unrouted: no route in OUTBOX_ROUTES matches event type ${row.event_type}`, reason: 'unrouted' });
     const sink = sinks.get(route.sinkName)!;
 
     // Never start a call the lease cannot cover: another worker could claim the event mid-call.
@@ -191,6 +191,7 @@ export class Dispatcher implements Service {
         break;
       case 'dead':
         this.#d.metrics.eventsDispatched.inc({ outcome: 'dead', event_type: eventType });
+        this.#d.metrics.deadLettered.inc({ reason: outcome.reason });
         this.#d.metrics.attempts.observe({ outcome: 'dead' }, row.attempts);
         this.#log.error({ ...fields, error: outcome.error }, 'event dead-lettered');
         break;

@@ -49,7 +49,10 @@ export class LeaseRescuer implements Service {
       if (r.requeued + r.deadLettered < limit) break;
     }
     if (total.requeued > 0) this.#metrics.leaseRescued.inc({ result: 'requeued' }, total.requeued);
-    if (total.deadLettered > 0) this.#metrics.leaseRescued.inc({ result: 'dead' }, total.deadLettered);
+    if (total.deadLettered > 0) {
+      this.#metrics.leaseRescued.inc({ result: 'dead' }, total.deadLettered);
+      this.#metrics.deadLettered.inc({ reason: 'lease_expired' }, total.deadLettered);
+    }
     if (total.requeued + total.deadLettered > 0) {
       this.#log.warn(total, 'rescued events with expired leases (a worker died or hung)');
       if (total.requeued > 0) this.#opts.onRequeued?.();

@@ -28,9 +28,9 @@ export function outcomeForFailure(
 ): Outcome {
   if (err instanceof DispatchAbortedError) return { kind: 'release' };
   const message = describeError(err);
-  if (err instanceof PermanentDispatchError) return { kind: 'dead', error: `permanent: ${message}` };
+  if (err instanceof PermanentDispatchError) return { kind: 'dead', error: `permanent: ${message}`, reason: 'permanent' };
   if (attempt >= policy.maxAttempts) {
-    return { kind: 'dead', error: `exhausted ${attempt}/${policy.maxAttempts} attempts: ${message}` };
+    return { kind: 'dead', error: `exhausted ${attempt}/${policy.maxAttempts} attempts: ${message}`, reason: 'exhausted' };
   }
   let delayMs = backoffDelayMs(attempt, policy, random);
   if (err instanceof RetryableDispatchError && err.retryAfterMs !== undefined) {

@@ -1,5 +1,6 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { EVENT_TYPE_PATTERN } from '../config/routes.ts';
+import { DEAD_REASONS } from '../db/queries/outbox.ts';
 import { VERSION } from '../version.ts';
 
 // Metric names are a public contract (alerts and dashboards use them): rename never,
@@ -29,6 +30,7 @@ export class DispatcherMetrics {
   readonly deliveryLag: Histogram;
   readonly attempts: Histogram<'outcome'>;
   readonly shutdownDrains: Counter<'result'>;
+  readonly deadLettered: Counter<'reason'>;
   readonly #eventTypes = new Set<string>();
 
   constructor(registry: Registry = new Registry()) {
@@ -148,6 +150,24 @@ export class DispatcherMetrics {
       labelNames: ['result'],
       registers: r,
     });
+    this.deadLettered = new Counter({
+      name: 'outbox_events_dead_lettered_total',
+      help: 'Events moved to dead, by reason (permanent, exhausted, unrouted, malformed, lease_expired).',
+      labelNames: ['reason'],
+      registers: r,
+    });
+    this.#initialiseSeries();
+  }
+
+  /**
+   * Series for every value of a bounded label exist from the start (at 0), so rate() and
+   * increase() in alerts and panels see them before the first event.
+   */
+  #initialiseSeries(): void {
+    for (const reason of ['shutdown', 'lease_at_risk']) this.eventsReleased.inc({ reason }, 0);
+    for (const result of ['requeued', 'dead']) this.leaseRescued.inc({ result }, 0);
+    for (const result of ['clean', 'aborted']) this.shutdownDrains.inc({ result }, 0);
+    for (const reason of DEAD_REASONS) this.deadLettered.inc({ reason }, 0);
   }
 
   /** Event types as labels, bounded: unknown shapes and overflow collapse to "other". */

@@ -29,6 +29,7 @@ export class PartitionMetrics {
       labelNames: ['result'],
       registers,
     });
+    for (const result of ['ok', 'failed', 'skipped']) this.rotationRuns.inc({ result }, 0);
     this.rotationFailures = new Counter({
       name: 'outbox_partition_rotation_failures_total',
       help: 'Rotation steps that failed, by table.',

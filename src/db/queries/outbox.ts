@@ -78,10 +78,14 @@ export function claimQuery(db: Kysely<Database>, args: { workerId: string; limit
     ]);
 }
 
+/** Why an event was dead-lettered (a bounded metric label). */
+export const DEAD_REASONS = ['permanent', 'exhausted', 'unrouted', 'malformed', 'lease_expired'] as const;
+export type DeadReason = (typeof DEAD_REASONS)[number];
+
 export type Outcome =
   | { kind: 'done' }
   | { kind: 'retry'; delayMs: number; error: string }
-  | { kind: 'dead'; error: string }
+  | { kind: 'dead'; error: string; reason: DeadReason }
   /** Not attempted (shutdown, lease too short): back to pending, attempt not counted. */
   | { kind: 'release' };
 
