@@ -4,6 +4,31 @@ import type { Database } from './schema.ts';
 
 export const BACKGROUND_ROLE = 'app_background';
 
+const JSONB_OID = 3802;
+const payloadBytes = new WeakMap<object, number>();
+
+/**
+ * jsonb parsed as usual, remembering the size of its wire text, so the dispatcher can
+ * enforce OUTBOX_MAX_PAYLOAD_BYTES without serialising every payload again.
+ */
+function parseJsonb(text: string): unknown {
+  const value: unknown = JSON.parse(text);
+  if (value !== null && typeof value === 'object') payloadBytes.set(value, Buffer.byteLength(text));
+  return value;
+}
+
+/** Bytes of the JSON text a jsonb value arrived as; undefined for values not read through this pool. */
+export function jsonbTextBytes(value: object): number | undefined {
+  return payloadBytes.get(value);
+}
+
+const types = {
+  getTypeParser(oid: number, format?: 'text' | 'binary') {
+    if (oid === JSONB_OID && format !== 'binary') return parseJsonb;
+    return pg.types.getTypeParser(oid, format as 'text');
+  },
+};
+
 export interface PoolOptions {
   connectionString: string;
   max: number;
@@ -24,6 +49,7 @@ export function createPool(opts: PoolOptions): pg.Pool {
     application_name: opts.applicationName,
     idleTimeoutMillis: 30_000,
     connectionTimeoutMillis: 10_000,
+    types: types as pg.CustomTypesConfig,
     ...(opts.role ? { options: `-c role=${assertRoleName(opts.role)}` } : {}),
   });
   // An idle client losing its server is not fatal: the pool drops it and reconnects.

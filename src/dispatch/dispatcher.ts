@@ -169,34 +169,35 @@ export class Dispatcher implements Service {
   }
 
   #record(row: ClaimedRow, outcome: Outcome, sink: string | undefined): void {
-    const fields = {
+    // Built lazily: on the success path at info level no log line is written.
+    const fields = () => ({
       eventId: row.id,
       eventType: row.event_type,
       restaurantId: row.restaurant_id,
       attempt: row.attempts,
       sink,
       outcome: outcome.kind,
-    };
+    });
     const eventType = this.#d.metrics.eventTypeLabel(row.event_type);
     switch (outcome.kind) {
       case 'done':
         this.#d.metrics.eventsDispatched.inc({ outcome: 'success', event_type: eventType });
         this.#d.metrics.attempts.observe({ outcome: 'success' }, row.attempts);
         this.#d.metrics.deliveryLag.observe(Math.max(0, (Date.now() - row.created_at.getTime()) / 1000));
-        this.#log.debug(fields, 'event dispatched');
+        if (this.#log.isLevelEnabled('debug')) this.#log.debug(fields(), 'event dispatched');
         break;
       case 'retry':
         this.#d.metrics.eventsDispatched.inc({ outcome: 'retry', event_type: eventType });
-        this.#log.warn({ ...fields, retryInMs: outcome.delayMs, error: outcome.error }, 'dispatch failed; will retry');
+        this.#log.warn({ ...fields(), retryInMs: outcome.delayMs, error: outcome.error }, 'dispatch failed; will retry');
         break;
       case 'dead':
         this.#d.metrics.eventsDispatched.inc({ outcome: 'dead', event_type: eventType });
         this.#d.metrics.deadLettered.inc({ reason: outcome.reason });
         this.#d.metrics.attempts.observe({ outcome: 'dead' }, row.attempts);
-        this.#log.error({ ...fields, error: outcome.error }, 'event dead-lettered');
+        this.#log.error({ ...fields(), error: outcome.error }, 'event dead-lettered');
         break;
       case 'release':
-        this.#log.debug(fields, 'event released unattempted');
+        if (this.#log.isLevelEnabled('debug')) this.#log.debug(fields(), 'event released unattempted');
         break;
     }
   }

@@ -1,4 +1,5 @@
 import { EVENT_TYPE_PATTERN } from '../config/routes.ts';
+import { jsonbTextBytes } from '../db/pool.ts';
 import type { ClaimedRow } from '../db/queries/outbox.ts';
 
 /** What a sink is given: one event, already validated. */
@@ -28,7 +29,7 @@ export function checkEvent(row: ClaimedRow, maxPayloadBytes: number): EventCheck
   if (payload === null || typeof payload !== 'object' || Array.isArray(payload)) {
     return { ok: false, reason: `malformed: payload must be a JSON object, got ${Array.isArray(payload) ? 'array' : payload === null ? 'null' : typeof payload}` };
   }
-  const size = Buffer.byteLength(JSON.stringify(payload));
+  const size = jsonbTextBytes(payload) ?? Buffer.byteLength(JSON.stringify(payload));
   if (size > maxPayloadBytes) {
     return { ok: false, reason: `malformed: payload is ${size} bytes, over OUTBOX_MAX_PAYLOAD_BYTES (${maxPayloadBytes})` };
   }

@@ -1,0 +1,209 @@
+// 2-3, 5. Drain throughput: the bare SQL loop (the practical limit), the dispatcher
+// (1 and 2 worker processes; noop and HTTP sinks), graphile-worker and pg-boss at their best
+// settings, all draining the same number of no-op jobs; CPU split, WAL and commits per event.
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import pg from 'pg';
+import {
+  cpuSeconds,
+  createBenchDb,
+  postgresCpuSeconds,
+  round,
+  rssMb,
+  seedPending,
+  startWorker,
+  waitUntilDrained,
+  walAndCommits,
+  walBytesBetween,
+} from '../lib.ts';
+
+export interface DrainResult {
+  name: string;
+  events: number;
+  seconds: number;
+  eventsPerSec: number;
+  nodeCpuPerEventUs?: number;
+  postgresCpuPerEventUs?: number;
+  walBytesPerEvent?: number;
+  commitsPerEvent?: number;
+  maxRssMb?: number;
+}
+
+const NOOP_ROUTES = JSON.stringify({ routes: [{ match: '*', sink: { type: 'noop' } }] });
+
+/** The limit: claim a batch with SKIP LOCKED and mark it done, one statement, `conns` loops. */
+export async function bareLoop(rootUrl: string, events: number, conns: number, batch: number): Promise<DrainResult> {
+  const db = await createBenchDb(rootUrl, 'bare');
+  try {
+    await seedPending(db.admin, events);
+    await db.admin.query('VACUUM ANALYZE capacity_outbox');
+    const sql = `WITH c AS (SELECT id, created_at FROM capacity_outbox WHERE status = 'pending' AND next_attempt_at <= now()
+                            ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+                 UPDATE capacity_outbox o SET status = 'done', dispatched_at = now() FROM c
+                 WHERE o.id = c.id AND o.created_at = c.created_at`;
+    const clients = await Promise.all(
+      Array.from({ length: conns }, async () => {
+        const c = new pg.Client({ connectionString: db.workerUrl, options: '-c role=app_background' });
+        await c.connect();
+        return c;
+      }),
+    );
+    const before = await walAndCommits(db.admin);
+    const pgCpu0 = postgresCpuSeconds();
+    const t0 = performance.now();
+    await Promise.all(clients.map(async (c) => {
+      for (;;) if ((await c.query(sql, [batch])).rowCount === 0) break;
+    }));
+    const seconds = (performance.now() - t0) / 1000;
+    const pgCpu = postgresCpuSeconds() - pgCpu0;
+    await Promise.all(clients.map((c) => c.end()));
+    await new Promise((r) => setTimeout(r, 1100)); // let statistics flush
+    const after = await walAndCommits(db.admin);
+    return {
+      name: `bare SQL loop (${conns} conns, batch ${batch})`,
+      events,
+      seconds: round(seconds, 2),
+      eventsPerSec: Math.round(events / seconds),
+      postgresCpuPerEventUs: round((pgCpu / events) * 1e6),
+      walBytesPerEvent: Math.round((await walBytesBetween(db.admin, before.lsn, after.lsn)) / events),
+      commitsPerEvent: round((after.commits - before.commits) / events, 3),
+    };
+  } finally {
+    await db.drop();
+  }
+}
+
+async function startReceiver(): Promise<{ url: string; close: () => Promise<void> }> {
+  const server = http.createServer((req, res) => {
+    req.resume();
+    req.on('end', () => res.writeHead(204).end());
+  });
+  server.keepAliveTimeout = 60_000;
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/hook`,
+    close: () => new Promise<void>((r) => { server.closeAllConnections(); server.close(() => r()); }),
+  };
+}
+
+/** The dispatcher: `workers` processes draining `events` pre-seeded events. */
+export async function dispatcherDrain(
+  rootUrl: string,
+  events: number,
+  workers: number,
+  sink: 'noop' | 'http',
+  tuning: Record<string, string>,
+): Promise<DrainResult> {
+  const db = await createBenchDb(rootUrl, `drain${workers}${sink}`);
+  const receiver = sink === 'http' ? await startReceiver() : undefined;
+  try {
+    await seedPending(db.admin, events);
+    await db.admin.query('VACUUM ANALYZE capacity_outbox');
+    const routes = receiver ? JSON.stringify({ routes: [{ match: '*', sink: { type: 'http', url: receiver.url, timeoutMs: 5000 } }] }) : NOOP_ROUTES;
+    const before = await walAndCommits(db.admin);
+    const pgCpu0 = postgresCpuSeconds();
+    const procs = Array.from({ length: workers }, (_, i) => startWorker({ DATABASE_URL: db.workerUrl, OUTBOX_ROUTES: routes, OUTBOX_WORKER_ID: `bench-${i}`, ...tuning }));
+    const readyAt = await Promise.all(procs.map((p) => p.ready));
+    const t0 = Math.min(...readyAt);
+    const cpu0 = procs.map((p) => cpuSeconds(p.child.pid!));
+    let maxRss = 0;
+    const sampler = setInterval(() => {
+      for (const p of procs) maxRss = Math.max(maxRss, rssMb(p.child.pid!));
+    }, 100);
+    const t1 = await waitUntilDrained(db.admin, 600_000);
+    clearInterval(sampler);
+    const nodeCpu = procs.reduce((s, p, i) => s + cpuSeconds(p.child.pid!) - cpu0[i]!, 0);
+    const pgCpu = postgresCpuSeconds() - pgCpu0;
+    await Promise.all(procs.map((p) => p.stop()));
+    await new Promise((r) => setTimeout(r, 1100));
+    const after = await walAndCommits(db.admin);
+    const seconds = (t1 - t0) / 1000;
+    return {
+      name: `outbox-dispatcher (${workers} worker${workers > 1 ? 's' : ''}, ${sink} sink)`,
+      events,
+      seconds: round(seconds, 2),
+      eventsPerSec: Math.round(events / seconds),
+      nodeCpuPerEventUs: round((nodeCpu / events) * 1e6),
+      postgresCpuPerEventUs: round((pgCpu / events) * 1e6),
+      walBytesPerEvent: Math.round((await walBytesBetween(db.admin, before.lsn, after.lsn)) / events),
+      commitsPerEvent: round((after.commits - before.commits) / events, 3),
+      maxRssMb: round(maxRss),
+    };
+  } finally {
+    await receiver?.close();
+    await db.drop();
+  }
+}
+
+/** graphile-worker at its best measured settings (local queue 500, concurrency 50, batched completions). */
+export async function graphileDrain(rootUrl: string, events: number): Promise<DrainResult> {
+  const { run, makeWorkerUtils, Logger } = await import('graphile-worker');
+  const logger = new Logger(() => () => {});
+  const db = await createBenchDb(rootUrl, 'graphile');
+  try {
+    const utils = await makeWorkerUtils({ connectionString: db.adminUrl, logger });
+    await utils.migrate();
+    for (let i = 0; i < events; i += 5000) {
+      await utils.addJobs(Array.from({ length: Math.min(5000, events - i) }, (_, k) => ({ identifier: 'noop', payload: { n: i + k } })));
+    }
+    await utils.release();
+    await db.admin.query('VACUUM ANALYZE graphile_worker._private_jobs');
+    const t0 = performance.now();
+    const runner = await run({
+      connectionString: db.adminUrl,
+      concurrency: 50,
+      maxPoolSize: 50,
+      noHandleSignals: true,
+      pollInterval: 1000,
+      taskList: { noop: async () => {} },
+      logger,
+      preset: { worker: { localQueue: { size: 500 }, completeJobBatchDelay: 0, failJobBatchDelay: 0 } } as never,
+    });
+    for (;;) {
+      const r = await db.admin.query('SELECT count(*)::int AS n FROM graphile_worker._private_jobs');
+      if (r.rows[0].n === 0) break;
+      await new Promise((res) => setTimeout(res, 20));
+    }
+    const seconds = (performance.now() - t0) / 1000;
+    await runner.stop();
+    return { name: 'graphile-worker 0.18 (local queue 500, concurrency 50)', events, seconds: round(seconds, 2), eventsPerSec: Math.round(events / seconds) };
+  } finally {
+    await db.drop();
+  }
+}
+
+/** pg-boss at its best measured settings (batch 100, several local workers). */
+export async function pgBossDrain(rootUrl: string, events: number): Promise<DrainResult> {
+  const { PgBoss } = (await import('pg-boss')) as unknown as { PgBoss: new (o: object) => PgBossLike };
+  const db = await createBenchDb(rootUrl, 'pgboss');
+  try {
+    const boss = new PgBoss({ connectionString: db.adminUrl, max: 8 });
+    boss.on('error', () => undefined);
+    await boss.start();
+    await boss.createQueue('noop');
+    for (let i = 0; i < events; i += 5000) {
+      await boss.insert('noop', Array.from({ length: Math.min(5000, events - i) }, (_, k) => ({ data: { n: i + k } })));
+    }
+    const t0 = performance.now();
+    await boss.work('noop', { batchSize: 100, localConcurrency: 8, pollingIntervalSeconds: 0.5, burstWhenBatchFull: true }, async () => {});
+    for (;;) {
+      const r = await db.admin.query(`SELECT count(*)::int AS n FROM pgboss.job WHERE name = 'noop' AND state <> 'completed'`);
+      if (r.rows[0].n === 0) break;
+      await new Promise((res) => setTimeout(res, 20));
+    }
+    const seconds = (performance.now() - t0) / 1000;
+    await boss.stop({ graceful: false, wait: true });
+    return { name: 'pg-boss 12 (batch 100, 8 local workers, burst)', events, seconds: round(seconds, 2), eventsPerSec: Math.round(events / seconds) };
+  } finally {
+    await db.drop();
+  }
+}
+
+interface PgBossLike {
+  on(event: 'error', fn: (e: unknown) => void): void;
+  start(): Promise<unknown>;
+  stop(o: object): Promise<void>;
+  createQueue(name: string): Promise<void>;
+  insert(name: string, jobs: object[]): Promise<unknown>;
+  work(name: string, opts: object, fn: (jobs: unknown[]) => Promise<void>): Promise<string>;
+}
