@@ -7,8 +7,8 @@ import { migrate } from '../src/db/migrator.ts';
 
 /** The built daemon (what the image runs; `npm run bench` builds it first). */
 export const MAIN = fileURLToPath(new URL('../dist/main.js', import.meta.url));
-/** The V8 flags the image runs with (Dockerfile): a small young generation keeps RSS flat. */
-export const NODE_FLAGS = (process.env.BENCH_NODE_FLAGS ?? '--max-semi-space-size=8').split(' ').filter(Boolean);
+/** V8 flags of a memory-tuned deployment (README "Tuning"): without a heap cap V8 grows lazily to ~195 MB. */
+export const NODE_FLAGS = (process.env.BENCH_NODE_FLAGS ?? '--max-semi-space-size=8 --max-old-space-size=64').split(' ').filter(Boolean);
 export const WORKER_ROLE = 'outbox_bench_worker';
 export const PRODUCER_ROLE = 'outbox_bench_producer';
 const PASSWORD = 'outbox-bench';

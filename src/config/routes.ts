@@ -37,7 +37,37 @@ const logSinkSchema = z
 
 const noopSinkSchema = z.object({ type: z.literal('noop'), name: sinkName.optional() }).strict();
 
-export const sinkConfigSchema = z.discriminatedUnion('type', [httpSinkSchema, logSinkSchema, noopSinkSchema]);
+/** Subject / routing-key templates: literal text plus {restaurantId}, {eventType}, {eventId}. */
+const template = (what: string) =>
+  z
+    .string()
+    .min(1)
+    .max(255)
+    .refine((t) => [...t.matchAll(/\{([^}]*)\}/g)].every((m) => ['restaurantId', 'eventType', 'eventId'].includes(m[1]!)), `${what} may only use {restaurantId}, {eventType} and {eventId}`)
+    .refine((t) => !/[\s*>]/.test(t.replace(/\{[^}]*\}/g, '')), `${what} must not contain spaces or wildcards`);
+
+const natsSinkSchema = z
+  .object({
+    type: z.literal('nats'),
+    name: sinkName.optional(),
+    servers: z.string().min(1).default('nats://127.0.0.1:4222'),
+    subject: template('subject'),
+    timeoutMs: z.number().int().min(1).max(600_000).default(5000),
+  })
+  .strict();
+
+const rabbitMqSinkSchema = z
+  .object({
+    type: z.literal('rabbitmq'),
+    name: sinkName.optional(),
+    url: z.string().regex(/^amqps?:\/\//, 'must be an amqp:// or amqps:// URL').default('amqp://guest:guest@127.0.0.1:5672'),
+    exchange: z.string().max(255).default(''),
+    routingKey: template('routingKey'),
+    timeoutMs: z.number().int().min(1).max(600_000).default(5000),
+  })
+  .strict();
+
+export const sinkConfigSchema = z.discriminatedUnion('type', [httpSinkSchema, logSinkSchema, noopSinkSchema, natsSinkSchema, rabbitMqSinkSchema]);
 
 export const routesFileSchema = z
   .object({
@@ -56,6 +86,8 @@ export const routesFileSchema = z
 
 export type SinkConfig = z.output<typeof sinkConfigSchema>;
 export type HttpSinkConfig = z.output<typeof httpSinkSchema>;
+export type NatsSinkConfig = z.output<typeof natsSinkSchema>;
+export type RabbitMqSinkConfig = z.output<typeof rabbitMqSinkSchema>;
 export type RoutesFile = z.output<typeof routesFileSchema>;
 /** What a routes file may say (defaults not yet applied). */
 export type RoutesFileInput = z.input<typeof routesFileSchema>;
@@ -123,7 +155,7 @@ export function compileRoutes(file: RoutesFile, leaseMs: number): Route[] {
     const name = route.sink.name ?? (file.routes.filter((r) => r.sink.type === route.sink.type).length > 1 ? `${route.sink.type}-${i}` : route.sink.type);
     if (names.has(name)) throw new ConfigError(ROUTES_KEY, `routes[${i}].sink.name: duplicate sink name ${JSON.stringify(name)}`);
     names.add(name);
-    if (route.sink.type === 'http' && route.sink.timeoutMs >= leaseMs) {
+    if ('timeoutMs' in route.sink && route.sink.timeoutMs >= leaseMs) {
       throw new ConfigError(
         ROUTES_KEY,
         `routes[${i}].sink.timeoutMs (${route.sink.timeoutMs}) must be below OUTBOX_LEASE_MS (${leaseMs}) so a lease outlives every call`,

@@ -3,7 +3,9 @@ import type { Route } from '../config/routes.ts';
 import type { Logger } from '../log.ts';
 import { HttpSink } from './http-sink.ts';
 import { LogSink } from './log-sink.ts';
+import { NatsSink } from './nats-sink.ts';
 import { NoopSink } from './noop-sink.ts';
+import { RabbitMqSink } from './rabbitmq-sink.ts';
 import type { Sink } from './types.ts';
 
 /** One sink instance per route, keyed by the route's sink name. */
@@ -28,6 +30,12 @@ export function createSinks(routes: readonly Route[], log: Logger, env: NodeJS.P
         break;
       case 'noop':
         sinks.set(route.sinkName, new NoopSink(route.sinkName));
+        break;
+      case 'nats':
+        sinks.set(route.sinkName, new NatsSink(route.sinkName, cfg));
+        break;
+      case 'rabbitmq':
+        sinks.set(route.sinkName, new RabbitMqSink(route.sinkName, cfg));
         break;
     }
   });

@@ -7,15 +7,10 @@ import { DispatchAbortedError, PermanentDispatchError, RetryableDispatchError } 
 import type { Sink, SinkContext } from './types.ts';
 import { VERSION } from '../version.ts';
 
+import { eventBody, type EventBody } from './event-body.ts';
+
 /** The JSON body POSTed for every event (public contract, see README). */
-export interface HttpEventBody {
-  id: string;
-  eventType: string;
-  restaurantId: string;
-  payload: Record<string, unknown>;
-  createdAt: string;
-  attempt: number;
-}
+export type HttpEventBody = EventBody;
 
 export const SIGNATURE_HEADER = 'X-Outbox-Signature';
 export const TIMESTAMP_HEADER = 'X-Outbox-Timestamp';
@@ -75,15 +70,7 @@ export class HttpSink implements Sink {
   }
 
   async send(event: OutboxEvent, ctx: SinkContext): Promise<void> {
-    const body: HttpEventBody = {
-      id: event.id,
-      eventType: event.eventType,
-      restaurantId: event.restaurantId,
-      payload: event.payload,
-      createdAt: event.createdAt.toISOString(),
-      attempt: event.attempt,
-    };
-    const text = JSON.stringify(body);
+    const text = JSON.stringify(eventBody(event));
     const headers: Record<string, string> = {
       ...this.#headers,
       'content-type': 'application/json',

@@ -1,0 +1,68 @@
+import { jetstream, type JetStreamClient } from '@nats-io/jetstream';
+import { connect, headers, type NatsConnection } from '@nats-io/transport-node';
+import type { NatsSinkConfig } from '../config/routes.ts';
+import type { OutboxEvent } from '../dispatch/event.ts';
+import { DispatchAbortedError, RetryableDispatchError } from '../dispatch/errors.ts';
+import { eventBody, renderTemplate } from './event-body.ts';
+import type { Sink, SinkContext } from './types.ts';
+
+/**
+ * Publishes to NATS JetStream and waits for the stream's acknowledgement before the event
+ * counts as delivered. The event id is the `Nats-Msg-Id`, so JetStream's duplicate window
+ * drops a redelivery (an ack marked duplicate is success). A stream must capture the subject.
+ */
+export class NatsSink implements Sink {
+  readonly type = 'nats';
+  readonly name: string;
+  readonly timeoutMs: number;
+  readonly #config: NatsSinkConfig;
+  #conn: Promise<{ nc: NatsConnection; js: JetStreamClient }> | undefined;
+
+  constructor(name: string, config: NatsSinkConfig) {
+    this.name = name;
+    this.timeoutMs = config.timeoutMs;
+    this.#config = config;
+  }
+
+  #connect(): Promise<{ nc: NatsConnection; js: JetStreamClient }> {
+    this.#conn ??= (async () => {
+      const nc = await connect({
+        servers: this.#config.servers.split(',').map((s) => s.trim()),
+        name: 'outbox-dispatcher',
+        timeout: Math.min(this.timeoutMs, 5000),
+        reconnect: true,
+        maxReconnectAttempts: -1,
+        reconnectTimeWait: 500,
+      });
+      nc.closed().then(() => (this.#conn = undefined));
+      return { nc, js: jetstream(nc, { timeout: this.timeoutMs }) };
+    })().catch((err: unknown) => {
+      this.#conn = undefined;
+      throw err;
+    });
+    return this.#conn;
+  }
+
+  async send(event: OutboxEvent, ctx: SinkContext): Promise<void> {
+    if (ctx.signal.aborted) throw new DispatchAbortedError('shutdown before publishing');
+    const subject = renderTemplate(this.#config.subject, event);
+    const h = headers();
+    h.set('Content-Type', 'application/json');
+    h.set('X-Outbox-Event-Type', event.eventType);
+    h.set('X-Restaurant-Id', event.restaurantId);
+    h.set('X-Outbox-Attempt', String(event.attempt));
+    try {
+      const { js } = await this.#connect();
+      await js.publish(subject, JSON.stringify(eventBody(event)), { msgID: event.id, timeout: this.timeoutMs, headers: h });
+    } catch (err) {
+      if (ctx.signal.aborted) throw new DispatchAbortedError('shutdown interrupted the publish');
+      throw new RetryableDispatchError(`NATS publish to ${subject} failed: ${(err as Error).message}`, { cause: err });
+    }
+  }
+
+  async close(): Promise<void> {
+    const conn = this.#conn;
+    this.#conn = undefined;
+    if (conn) await (await conn.catch(() => undefined))?.nc.drain().catch(() => undefined);
+  }
+}

@@ -1,0 +1,72 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createTestDatabase, type TestDatabase } from './support/db.ts';
+
+// app_background must hold exactly the documented privileges (README "Deploying",
+// runbooks/rls.md): a new grant is a decision, made here on purpose.
+
+const DOCUMENTED = {
+  tables: [
+    'outbox_dispatcher.managed_partitions: SELECT',
+    'outbox_dispatcher.schema_migrations: SELECT',
+    'public.capacity_outbox: SELECT',
+    'public.tenant_context_exempt_roles: SELECT', // granted to PUBLIC
+  ],
+  columns: ['attempts', 'dispatched_at', 'last_error', 'locked_by', 'locked_until', 'next_attempt_at', 'status'].map((c) => `public.capacity_outbox.${c}: UPDATE`),
+  functions: [
+    'outbox_dispatcher.capacity_outbox_notify',
+    'outbox_dispatcher.monthly_partition_name', // pure naming function, executable by PUBLIC
+    'outbox_dispatcher.partition_create',
+    'outbox_dispatcher.partition_default_rows',
+    'outbox_dispatcher.partition_ensure_default',
+    'outbox_dispatcher.partition_report',
+    'outbox_dispatcher.partition_retire',
+    'public.current_restaurant_id',
+    'public.require_restaurant_context',
+    'public.set_restaurant_context',
+  ],
+};
+
+let db: TestDatabase;
+beforeAll(async () => {
+  db = await createTestDatabase();
+});
+afterAll(async () => {
+  await db.drop();
+});
+
+describe('app_background', () => {
+  it('has no attribute beyond NOLOGIN member role', async () => {
+    const { rows } = await db.query(
+      "SELECT rolsuper, rolbypassrls, rolcreatedb, rolcreaterole, rolreplication, rolcanlogin FROM pg_roles WHERE rolname = 'app_background'",
+    );
+    expect(rows[0]).toEqual({ rolsuper: false, rolbypassrls: false, rolcreatedb: false, rolcreaterole: false, rolreplication: false, rolcanlogin: false });
+    const member = await db.query(`SELECT r.rolname FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid WHERE m.member = 'app_background'::regrole`);
+    expect(member.rows).toEqual([]); // it inherits from nobody
+  });
+
+  it('holds exactly the documented grants on tables, columns and functions', async () => {
+    const tables = await db.query<{ p: string }>(
+      `SELECT n.nspname || '.' || c.relname || ': ' || a.privilege_type AS p
+       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace, aclexplode(c.relacl) a
+       WHERE n.nspname IN ('public', 'outbox_dispatcher') AND c.relkind IN ('r', 'p', 'v', 'S')
+         AND (a.grantee = 'app_background'::regrole OR a.grantee = 0)
+       ORDER BY 1`,
+    );
+    expect(tables.rows.map((r) => r.p)).toEqual(DOCUMENTED.tables);
+    const columns = await db.query<{ p: string }>(
+      `SELECT n.nspname || '.' || c.relname || '.' || att.attname || ': ' || a.privilege_type AS p
+       FROM pg_attribute att JOIN pg_class c ON c.oid = att.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace, aclexplode(att.attacl) a
+       WHERE n.nspname IN ('public', 'outbox_dispatcher') AND a.grantee = 'app_background'::regrole
+       ORDER BY 1`,
+    );
+    expect(columns.rows.map((r) => r.p)).toEqual(DOCUMENTED.columns);
+    const functions = await db.query<{ f: string }>(
+      `SELECT DISTINCT n.nspname || '.' || p.proname AS f
+       FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+       WHERE n.nspname IN ('public', 'outbox_dispatcher') AND has_function_privilege('app_background', p.oid, 'EXECUTE')
+         AND p.proname NOT LIKE 'adopt_sync_%'
+       ORDER BY 1`,
+    );
+    expect(functions.rows.map((r) => r.f)).toEqual([...DOCUMENTED.functions].sort());
+  });
+});
