@@ -15,8 +15,11 @@ FROM node:24-bookworm-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends tini \
  && rm -rf /var/lib/apt/lists/*
+# A small young generation keeps RSS flat (docs/performance.md); add --max-old-space-size
+# sized to (OUTBOX_CONCURRENCY + OUTBOX_BATCH_SIZE) x your largest payloads to cap it.
 ENV NODE_ENV=production \
-    METRICS_PORT=9464
+    METRICS_PORT=9464 \
+    NODE_OPTIONS=--max-semi-space-size=8
 WORKDIR /app
 COPY --from=build --chown=root:root /app/node_modules ./node_modules
 COPY --from=build --chown=root:root /app/dist ./dist
