@@ -1,6 +1,7 @@
 import pg from 'pg';
 import { loadEnvConfig } from '../config/env.ts';
 import { EXIT } from '../lifecycle/errors.ts';
+import { asProducer } from '../tenancy/producer.ts';
 import { createLogger } from '../log.ts';
 import { withClient } from './connection.ts';
 import { printJson } from './output.ts';
@@ -50,11 +51,7 @@ export async function enqueue(
   client: pg.ClientBase,
   e: { tenant: string; type: string; payload: object; dedupeKey?: string | undefined; idempotencyKey?: string | undefined; count: number },
 ): Promise<EnqueueResult> {
-  await client.query('BEGIN');
-  try {
-    const canProduce = await client.query<{ ok: boolean }>("SELECT pg_has_role(session_user, 'app_producer', 'MEMBER') AS ok");
-    if (canProduce.rows[0]?.ok) await client.query('SET LOCAL ROLE app_producer');
-    await client.query('SELECT public.set_restaurant_context($1::uuid)', [e.tenant]);
+  return asProducer(client, e.tenant, async () => {
     const inserted = await client.query<{ id: string }>(
       `INSERT INTO capacity_outbox (restaurant_id, event_type, payload, dedupe_key, idempotency_key)
        SELECT $1::uuid, $2, $3::jsonb, $4, $5 FROM generate_series(1, $6::int)
@@ -73,10 +70,6 @@ export async function enqueue(
       );
       for (let i = 0; i < dropped; i++) duplicates.push({ activeEventId: holder.rows[0]?.id ?? null });
     }
-    await client.query('COMMIT');
     return { inserted: inserted.rows.map((r) => r.id), duplicates };
-  } catch (err) {
-    await client.query('ROLLBACK').catch(() => undefined);
-    throw err;
-  }
+  });
 }

@@ -1,7 +1,7 @@
 import type { Kysely } from 'kysely';
 import { rescueExpiredLeases, type RescueResult } from '../db/queries/outbox.ts';
 import type { Database } from '../db/schema.ts';
-import { jitter, sleep, type Service } from '../lifecycle/service.ts';
+import { runPeriodically, type Service } from '../lifecycle/service.ts';
 import type { Logger } from '../log.ts';
 import type { DispatcherMetrics } from '../metrics/metrics.ts';
 
@@ -60,15 +60,10 @@ export class LeaseRescuer implements Service {
     return total;
   }
 
-  async #run(): Promise<void> {
-    while (!this.#stop.signal.aborted) {
-      try {
-        await this.runOnce();
-      } catch (err) {
-        this.#log.error({ err }, 'lease rescue failed; retrying next interval');
-      }
-      await sleep(jitter(this.#opts.intervalMs), this.#stop.signal);
-    }
+  #run(): Promise<void> {
+    return runPeriodically(this.#stop.signal, this.#opts.intervalMs, () => this.runOnce(), (err) =>
+      this.#log.error({ err }, 'lease rescue failed; retrying next interval'),
+    );
   }
 
   async stop(): Promise<void> {

@@ -1,6 +1,7 @@
 import http from 'node:http';
 import pg from 'pg';
 import { sleep } from '../lifecycle/service.ts';
+import { asProducer } from '../tenancy/producer.ts';
 
 // Synthetic incidents for staging: each provokes the condition one alert watches, so
 // on-call can prove alerting end to end. They act on a database you point them at and
@@ -12,24 +13,16 @@ export interface IncidentOutput {
 
 /** Poison events: payloads that are JSON arrays, which the dispatcher dead-letters as malformed. */
 export async function poisonEvents(client: pg.ClientBase, opts: { tenant: string; count: number; type: string }, out: IncidentOutput): Promise<string[]> {
-  await client.query('BEGIN');
-  try {
-    const producer = await client.query<{ ok: boolean }>("SELECT pg_has_role(session_user, 'app_producer', 'MEMBER') AS ok");
-    if (producer.rows[0]?.ok) await client.query('SET LOCAL ROLE app_producer');
-    await client.query('SELECT public.set_restaurant_context($1::uuid)', [opts.tenant]);
-    const r = await client.query<{ id: string }>(
+  const r = await asProducer(client, opts.tenant, () =>
+    client.query<{ id: string }>(
       `INSERT INTO capacity_outbox (restaurant_id, event_type, payload)
        SELECT $1::uuid, $2, jsonb_build_array('incident', g) FROM generate_series(1, $3::int) g RETURNING id`,
       [opts.tenant, opts.type, opts.count],
-    );
-    await client.query('COMMIT');
-    out.say(`inserted ${r.rowCount} poison events (type ${opts.type}, tenant ${opts.tenant}); expect OutboxDeadLettersIncreasing`);
-    out.say(`undo: they end dead; leave them (replay would dead-letter them again)`);
-    return r.rows.map((x) => x.id);
-  } catch (err) {
-    await client.query('ROLLBACK').catch(() => undefined);
-    throw err;
-  }
+    ),
+  );
+  out.say(`inserted ${r.rowCount} poison events (type ${opts.type}, tenant ${opts.tenant}); expect OutboxDeadLettersIncreasing`);
+  out.say(`undo: they end dead; leave them (replay would dead-letter them again)`);
+  return r.rows.map((x) => x.id);
 }
 
 /**

@@ -31,3 +31,21 @@ export function jitter(ms: number, spread = 0.2, random: () => number = Math.ran
 export function reconnectDelayMs(attempt: number, baseMs = 250, maxMs = 30_000): number {
   return jitter(Math.min(maxMs, baseMs * 2 ** Math.min(attempt, 20)), 0.5);
 }
+
+/** Calls `tick` every `intervalMs` (jittered) until `signal` aborts; a failed tick goes to `onError`. */
+export async function runPeriodically(
+  signal: AbortSignal,
+  intervalMs: number,
+  tick: () => Promise<unknown>,
+  onError: (err: unknown) => void,
+  spread = 0.2,
+): Promise<void> {
+  while (!signal.aborted) {
+    try {
+      await tick();
+    } catch (err) {
+      onError(err);
+    }
+    await sleep(jitter(intervalMs, spread), signal);
+  }
+}

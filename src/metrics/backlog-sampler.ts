@@ -1,7 +1,7 @@
 import type { Kysely } from 'kysely';
 import { sampleBacklog } from '../db/queries/backlog.ts';
 import type { Database } from '../db/schema.ts';
-import { jitter, sleep, type Service } from '../lifecycle/service.ts';
+import { runPeriodically, type Service } from '../lifecycle/service.ts';
 import type { Logger } from '../log.ts';
 import type { DispatcherMetrics } from './metrics.ts';
 
@@ -34,16 +34,17 @@ export class BacklogSampler implements Service {
     this.#metrics.oldestDueAge.set(s.oldestDueAgeSeconds);
   }
 
-  async #run(): Promise<void> {
-    while (!this.#stop.signal.aborted) {
-      try {
-        await this.runOnce();
-      } catch (err) {
+  #run(): Promise<void> {
+    return runPeriodically(
+      this.#stop.signal,
+      this.#intervalMs,
+      () => this.runOnce(),
+      (err) => {
         this.#metrics.backlogSampleErrors.inc();
         this.#log.warn({ err }, 'sampling the backlog failed');
-      }
-      await sleep(jitter(this.#intervalMs, 0.1), this.#stop.signal);
-    }
+      },
+      0.1,
+    );
   }
 
   async stop(): Promise<void> {
