@@ -52,8 +52,12 @@ export function createPool(opts: PoolOptions): pg.Pool {
     types: types as pg.CustomTypesConfig,
     ...(opts.role ? { options: `-c role=${assertRoleName(opts.role)}` } : {}),
   });
-  // An idle client losing its server is not fatal: the pool drops it and reconnects.
+  // A server going away (restart, pg_terminate_backend) must never crash the process:
+  // idle clients report through the pool; checked-out clients have no listener of the
+  // pool's, so each client gets its own. The query in flight fails with the error, the
+  // client is marked unusable, and the pool replaces it on release.
   pool.on('error', () => undefined);
+  pool.on('connect', (client) => client.on('error', () => undefined));
   return pool;
 }
 
