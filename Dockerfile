@@ -1,7 +1,9 @@
 # syntax=docker/dockerfile:1
 # outbox-dispatcher: multi-stage build, Node 24 LTS, production dependencies only, non-root.
+# NODE_IMAGE lets an offline build use a locally made base (scripts/container-smoke.sh).
+ARG NODE_IMAGE=node:24-bookworm-slim
 
-FROM node:24-bookworm-slim AS build
+FROM ${NODE_IMAGE} AS build
 WORKDIR /app
 COPY package.json package-lock.json ./
 RUN npm ci --no-audit --no-fund
@@ -10,7 +12,7 @@ COPY src ./src
 RUN npm run build \
  && npm prune --omit=dev --omit=optional --no-audit --no-fund
 
-FROM node:24-bookworm-slim
+FROM ${NODE_IMAGE}
 # tini as PID 1: forwards SIGTERM to node and reaps zombies.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends tini \
