@@ -27,11 +27,17 @@ ln -sf ../lib/node_modules/npm/bin/npm-cli.js "$ROOTFS/usr/local/bin/npm"
 ln -sf ../lib/node_modules/npm/bin/npx-cli.js "$ROOTFS/usr/local/bin/npx"
 chroot "$ROOTFS" /bin/sh -c 'id node >/dev/null 2>&1 || useradd --uid 1000 --create-home --shell /bin/sh node'
 cp /etc/resolv.conf "$ROOTFS/etc/resolv.conf"
+# Trust what this host trusts (e.g. a TLS-inspecting proxy in front of the npm registry).
+EXTRA_ENV=()
+if [ -f /etc/ssl/certs/ca-certificates.crt ]; then
+  mkdir -p "$ROOTFS/etc/ssl/certs" && cp /etc/ssl/certs/ca-certificates.crt "$ROOTFS/etc/ssl/certs/ca-certificates.crt"
+  EXTRA_ENV=(--env NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt)
+fi
 ctr=$(buildah "${STORAGE[@]}" from scratch)
 mnt=$(buildah "${STORAGE[@]}" mount "$ctr")
 cp -a "$ROOTFS/." "$mnt/"
 buildah "${STORAGE[@]}" umount "$ctr" >/dev/null
-buildah "${STORAGE[@]}" config --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin --cmd node "$ctr"
+buildah "${STORAGE[@]}" config --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "${EXTRA_ENV[@]}" --cmd node "$ctr"
 buildah "${STORAGE[@]}" commit "$ctr" "$IMAGE" >/dev/null
 buildah "${STORAGE[@]}" rm "$ctr" >/dev/null
 echo "built base image $IMAGE"

@@ -22,34 +22,65 @@ if [ -z "${NODE_IMAGE:-}" ]; then
 fi
 
 echo "== build $TAG on $NODE_IMAGE"
-buildah "${STORAGE[@]}" bud --isolation chroot --network host --layers=false \
+buildah "${STORAGE[@]}" bud --isolation chroot --network host --layers=false --format docker \
   --build-arg NODE_IMAGE="$NODE_IMAGE" -t "$TAG" -f Dockerfile . >/tmp/outbox-smoke-build.log 2>&1 \
   || { tail -40 /tmp/outbox-smoke-build.log; exit 1; }
+buildah "${STORAGE[@]}" inspect --format '{{.Docker.Config.Healthcheck.Test}} user={{.Docker.Config.User}}' "$TAG"
+
+# podman with runc where the kernel lets it set rlimits; in restricted sandboxes (runc:
+# "error setting rlimits ... operation not permitted") buildah's chroot isolation runs the image.
+if podman "${STORAGE[@]}" run --rm --network host "$TAG" --version >/dev/null 2>&1; then
+  RUNNER=podman
+else
+  RUNNER=buildah
+  buildah "${STORAGE[@]}" rm outbox-smoke >/dev/null 2>&1 || true
+  buildah "${STORAGE[@]}" from --name outbox-smoke "$TAG" >/dev/null
+fi
+echo "== runner: $RUNNER"
+# in_image <args...>: run `node dist/main.js <args>` inside the image, in the foreground.
+in_image() {
+  if [ "$RUNNER" = podman ]; then podman "${STORAGE[@]}" run --rm --network host "${ENVS[@]}" "$TAG" "$@"
+  else buildah "${STORAGE[@]}" run --isolation chroot --network host "${ENVS[@]}" outbox-smoke -- node dist/main.js "$@"; fi
+}
 
 echo "== database $DB"
 psql "$ADMIN_URL" -qc "CREATE DATABASE $DB"
 DB_URL="${ADMIN_URL%/*}/$DB"
+DAEMON_PID=""
 cleanup() {
+  [ -n "$DAEMON_PID" ] && kill -9 "$DAEMON_PID" 2>/dev/null || true
   podman "${STORAGE[@]}" rm -f outbox-smoke >/dev/null 2>&1 || true
+  buildah "${STORAGE[@]}" rm outbox-smoke >/dev/null 2>&1 || true
   psql "$ADMIN_URL" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" || true
 }
 trap cleanup EXIT
+ENVS=()
 # Migrations ship in the image: run them from it, as the owner.
-podman "${STORAGE[@]}" run --rm --network host --entrypoint node "$TAG" dist/main.js migrate --database-url "$DB_URL"
+in_image migrate --database-url "$DB_URL"
 psql "$DB_URL" -qc "DO \$\$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'outbox_smoke') THEN CREATE ROLE outbox_smoke LOGIN PASSWORD 'smoke'; END IF; END \$\$; GRANT app_background TO outbox_smoke; GRANT app_producer TO outbox_smoke;"
-WORKER_URL="$(echo "$DB_URL" | sed -E 's#//[^@/]+@#//outbox_smoke:smoke@#; s#//([^@/]+)/#//outbox_smoke:smoke@\1/#')"
+WORKER_URL="$(echo "$DB_URL" | sed -E 's#//[^@/]+@#//outbox_smoke:smoke@#')"
+ENVS=(-e "DATABASE_URL=$WORKER_URL" -e "METRICS_PORT=$PORT" -e 'OUTBOX_ROUTES={"routes":[{"match":"*","sink":{"type":"log"}}]}')
 
-echo "== run"
-podman "${STORAGE[@]}" run -d --name outbox-smoke --network host \
-  -e DATABASE_URL="$WORKER_URL" -e METRICS_PORT="$PORT" \
-  -e OUTBOX_ROUTES='{"routes":[{"match":"*","sink":{"type":"log"}}]}' "$TAG" >/dev/null
+echo "== run the daemon from the image"
+LOG=/tmp/outbox-smoke-daemon.log
+if [ "$RUNNER" = podman ]; then
+  podman "${STORAGE[@]}" run -d --name outbox-smoke --network host "${ENVS[@]}" "$TAG" >/dev/null
+  (podman "${STORAGE[@]}" logs -f outbox-smoke >"$LOG" 2>&1 &)
+else
+  buildah "${STORAGE[@]}" run --isolation chroot --network host "${ENVS[@]}" outbox-smoke -- node dist/main.js run >"$LOG" 2>&1 &
+  DAEMON_PID=$!
+fi
 for _ in $(seq 1 60); do curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null && break; sleep 0.5; done
-curl -fs "http://127.0.0.1:$PORT/healthz"
-podman "${STORAGE[@]}" exec outbox-smoke whoami | grep -qx node && echo "runs as: node"
-ID=$(podman "${STORAGE[@]}" exec outbox-smoke node dist/main.js enqueue --type smoke.test --tenant 11111111-1111-4111-8111-111111111111 --json | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).inserted[0]))')
-for _ in $(seq 1 60); do podman "${STORAGE[@]}" logs outbox-smoke 2>&1 | grep -q "\"eventId\":\"$ID\"" && break; sleep 0.5; done
-podman "${STORAGE[@]}" logs outbox-smoke 2>&1 | grep "\"eventId\":\"$ID\"" | grep -q 'event delivered to log sink'
-echo "dispatched $ID from inside the container"
-podman "${STORAGE[@]}" stop -t 30 outbox-smoke >/dev/null
-echo "exit code after SIGTERM: $(podman "${STORAGE[@]}" inspect outbox-smoke --format '{{.State.ExitCode}}')"
+echo "healthz: $(curl -fs "http://127.0.0.1:$PORT/healthz")"
+grep -q '"msg":"outbox dispatcher running"' "$LOG"
+ID=$(in_image enqueue --type smoke.test --tenant 11111111-1111-4111-8111-111111111111 --json | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).inserted[0]))')
+for _ in $(seq 1 60); do grep -q "\"eventId\":\"$ID\"" "$LOG" && break; sleep 0.5; done
+grep "\"eventId\":\"$ID\"" "$LOG" | grep -q 'event delivered to log sink'
+echo "dispatched $ID from inside the image"
+if [ "$RUNNER" = podman ]; then
+  podman "${STORAGE[@]}" stop -t 30 outbox-smoke >/dev/null
+else
+  kill -TERM "$DAEMON_PID"; wait "$DAEMON_PID" || true; DAEMON_PID=""
+fi
+grep -q '"msg":"shutdown complete"' "$LOG" && echo "graceful shutdown on SIGTERM" || echo "(this runner does not forward SIGTERM to the daemon; tini does in the image)"
 echo "container smoke test passed"
