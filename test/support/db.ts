@@ -44,6 +44,9 @@ export async function createTestDatabase(): Promise<TestDatabase> {
   }
   const adminUrl = withUser(root, name);
   const admin = new pg.Pool({ connectionString: adminUrl, max: 4 });
+  // DROP DATABASE ... WITH (FORCE) terminates whatever is still connected: never a crash.
+  admin.on('error', () => undefined);
+  admin.on('connect', (client) => client.on('error', () => undefined));
   const dbs: Kysely<Database>[] = [];
   return {
     name,
