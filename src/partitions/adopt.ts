@@ -122,8 +122,9 @@ export async function adoptTable(client: pg.ClientBase, log: Logger, opts: Adopt
     )
   ).rows.map((r) => r.def);
   const indexes = (
-    await client.query<{ name: string; def: string; unique: boolean; primary: boolean; cols: string[] | null }>(
+    await client.query<{ name: string; def: string; unique: boolean; primary: boolean; cols: string[] | null; expression: boolean }>(
       `SELECT c.relname AS name, pg_get_indexdef(i.indexrelid) AS def, i.indisunique AS unique, i.indisprimary AS primary,
+              (i.indexprs IS NOT NULL OR i.indpred IS NOT NULL) AS expression,
               (SELECT array_agg(a.attname::text ORDER BY k.ord) FROM unnest(i.indkey) WITH ORDINALITY k(attnum, ord)
                  JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum) AS cols
        FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = $1`,
@@ -139,6 +140,9 @@ export async function adoptTable(client: pg.ClientBase, log: Logger, opts: Adopt
       [oid],
     )
   ).rows;
+
+  const odd = indexes.find((ix) => ix.unique && ix.expression);
+  if (odd) throw new AdoptError(`unique index ${odd.name} has expressions or a predicate; adopt cannot add the partition column to it (drop or rewrite it first)`);
 
   // 1. The twin and its partitions.
   step(`creating ${schema}.${twinName} partitioned by month on ${partCol}`);
