@@ -172,7 +172,7 @@ export async function graphileDrain(rootUrl: string, events: number): Promise<Dr
   }
 }
 
-/** pg-boss at its best measured settings (batch 100, several local workers). */
+/** pg-boss at its best measured settings here (batch 1000, 2 local workers, burst on full batches). */
 export async function pgBossDrain(rootUrl: string, events: number): Promise<DrainResult> {
   const { PgBoss } = (await import('pg-boss')) as unknown as { PgBoss: new (o: object) => PgBossLike };
   const db = await createBenchDb(rootUrl, 'pgboss');
@@ -185,7 +185,7 @@ export async function pgBossDrain(rootUrl: string, events: number): Promise<Drai
       await boss.insert('noop', Array.from({ length: Math.min(5000, events - i) }, (_, k) => ({ data: { n: i + k } })));
     }
     const t0 = performance.now();
-    await boss.work('noop', { batchSize: 100, localConcurrency: 8, pollingIntervalSeconds: 0.5, burstWhenBatchFull: true }, async () => {});
+    await boss.work('noop', { batchSize: 1000, localConcurrency: 2, pollingIntervalSeconds: 0.5, burstWhenBatchFull: true }, async () => {});
     for (;;) {
       const r = await db.admin.query(`SELECT count(*)::int AS n FROM pgboss.job WHERE name = 'noop' AND state <> 'completed'`);
       if (r.rows[0].n === 0) break;
@@ -193,7 +193,7 @@ export async function pgBossDrain(rootUrl: string, events: number): Promise<Drai
     }
     const seconds = (performance.now() - t0) / 1000;
     await boss.stop({ graceful: false, wait: true });
-    return { name: 'pg-boss 12 (batch 100, 8 local workers, burst)', events, seconds: round(seconds, 2), eventsPerSec: Math.round(events / seconds) };
+    return { name: 'pg-boss 12 (batch 1000, 2 local workers, burst)', events, seconds: round(seconds, 2), eventsPerSec: Math.round(events / seconds) };
   } finally {
     await db.drop();
   }
