@@ -68,6 +68,30 @@ BEGIN
 END
 $$;
 
+-- The exact CREATE statement for the partition holding [month, month + 1) in UTC.
+CREATE OR REPLACE FUNCTION outbox_dispatcher.monthly_partition_ddl(p_parent regclass, p_month date)
+RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog
+AS $$
+DECLARE
+  parent_schema text;
+  parent_name   text;
+  lower_bound   timestamp := date_trunc('month', p_month);
+BEGIN
+  SELECT n.nspname, c.relname INTO parent_schema, parent_name
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+  WHERE c.oid = p_parent AND c.relkind = 'p';
+  IF parent_name IS NULL THEN
+    RAISE EXCEPTION '% is not a partitioned table', p_parent USING ERRCODE = 'wrong_object_type';
+  END IF;
+  RETURN format('CREATE TABLE %I.%I PARTITION OF %I.%I FOR VALUES FROM (%L) TO (%L)',
+    parent_schema, outbox_dispatcher.monthly_partition_name(parent_name, p_month), parent_schema, parent_name,
+    to_char(lower_bound, 'YYYY-MM-DD HH24:MI:SS"+00"'),
+    to_char(lower_bound + interval '1 month', 'YYYY-MM-DD HH24:MI:SS"+00"'));
+END
+$$;
+
 -- Creates the partition holding [month, month + 1) in UTC if it does not exist.
 -- Returns true when it created it.
 CREATE OR REPLACE FUNCTION outbox_dispatcher.ensure_monthly_partition(p_parent regclass, p_month date)
@@ -76,31 +100,18 @@ LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog
 AS $$
 DECLARE
-  parent_schema text;
-  parent_name   text;
-  child_name    text;
-  lower_bound   timestamptz := (date_trunc('month', p_month)::timestamp AT TIME ZONE 'UTC');
-  upper_bound   timestamptz := ((date_trunc('month', p_month) + interval '1 month')::timestamp AT TIME ZONE 'UTC');
+  parent_name text := (SELECT relname FROM pg_class WHERE oid = p_parent);
 BEGIN
-  SELECT n.nspname, c.relname INTO parent_schema, parent_name
-  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-  WHERE c.oid = p_parent AND c.relkind = 'p';
-  IF parent_name IS NULL THEN
-    RAISE EXCEPTION '% is not a partitioned table', p_parent USING ERRCODE = 'wrong_object_type';
-  END IF;
-  child_name := outbox_dispatcher.monthly_partition_name(parent_name, p_month);
-  IF to_regclass(format('%I.%I', parent_schema, child_name)) IS NOT NULL THEN
+  IF EXISTS (SELECT 1 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+             WHERE i.inhparent = p_parent AND c.relname = outbox_dispatcher.monthly_partition_name(parent_name, p_month)) THEN
     RETURN false;
   END IF;
-  EXECUTE format(
-    'CREATE TABLE %I.%I PARTITION OF %I.%I FOR VALUES FROM (%L) TO (%L)',
-    parent_schema, child_name, parent_schema, parent_name,
-    to_char(lower_bound AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS"+00"'),
-    to_char(upper_bound AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS"+00"'));
+  EXECUTE outbox_dispatcher.monthly_partition_ddl(p_parent, p_month);
   RETURN true;
 END
 $$;
 REVOKE ALL ON FUNCTION outbox_dispatcher.ensure_monthly_partition(regclass, date) FROM PUBLIC;
+REVOKE ALL ON FUNCTION outbox_dispatcher.monthly_partition_ddl(regclass, date) FROM PUBLIC;
 
 -- Current month and the next two (UTC), and a default partition so that a row whose month
 -- has no partition yet lands there instead of failing the producer. Rotation keeps the

@@ -54,50 +54,6 @@ BEGIN
 END
 $$;
 
--- The exact CREATE statement for the partition holding [month, month + 1) in UTC.
-CREATE OR REPLACE FUNCTION outbox_dispatcher.monthly_partition_ddl(p_parent regclass, p_month date)
-RETURNS text
-LANGUAGE plpgsql STABLE
-SET search_path = pg_catalog
-AS $$
-DECLARE
-  parent_schema text;
-  parent_name   text;
-  lower_bound   timestamp := date_trunc('month', p_month);
-BEGIN
-  SELECT n.nspname, c.relname INTO parent_schema, parent_name
-  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-  WHERE c.oid = p_parent AND c.relkind = 'p';
-  IF parent_name IS NULL THEN
-    RAISE EXCEPTION '% is not a partitioned table', p_parent USING ERRCODE = 'wrong_object_type';
-  END IF;
-  RETURN format('CREATE TABLE %I.%I PARTITION OF %I.%I FOR VALUES FROM (%L) TO (%L)',
-    parent_schema, outbox_dispatcher.monthly_partition_name(parent_name, p_month), parent_schema, parent_name,
-    to_char(lower_bound, 'YYYY-MM-DD HH24:MI:SS"+00"'),
-    to_char(lower_bound + interval '1 month', 'YYYY-MM-DD HH24:MI:SS"+00"'));
-END
-$$;
-
--- One implementation of partition creation for the migrations and the rotation service.
-CREATE OR REPLACE FUNCTION outbox_dispatcher.ensure_monthly_partition(p_parent regclass, p_month date)
-RETURNS boolean
-LANGUAGE plpgsql VOLATILE
-SET search_path = pg_catalog
-AS $$
-DECLARE
-  parent_schema text;
-  parent_name   text;
-BEGIN
-  SELECT n.nspname, c.relname INTO parent_schema, parent_name
-  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = p_parent;
-  IF to_regclass(format('%I.%I', parent_schema, outbox_dispatcher.monthly_partition_name(parent_name, p_month))) IS NOT NULL THEN
-    RETURN false;
-  END IF;
-  EXECUTE outbox_dispatcher.monthly_partition_ddl(p_parent, p_month);
-  RETURN true;
-END
-$$;
-
 -- Every partition of a managed table with its range (UTC), size, estimated rows and, when
 -- the table has a status column, the rows that block retirement by status.
 CREATE OR REPLACE FUNCTION outbox_dispatcher.partition_report(p_table text)
@@ -310,7 +266,6 @@ END
 $$;
 
 REVOKE ALL ON FUNCTION outbox_dispatcher.managed_table(text) FROM PUBLIC;
-REVOKE ALL ON FUNCTION outbox_dispatcher.monthly_partition_ddl(regclass, date) FROM PUBLIC;
 REVOKE ALL ON FUNCTION outbox_dispatcher.partition_report(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION outbox_dispatcher.partition_default_rows(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION outbox_dispatcher.partition_ensure_default(text, boolean) FROM PUBLIC;

@@ -1,9 +1,12 @@
+import type { Kysely } from 'kysely';
 import pg from 'pg';
-import type { EnvConfig } from '../config/env.ts';
+import { loadEnvConfig, type EnvConfig } from '../config/env.ts';
+import { BACKGROUND_ROLE, createKysely, createPool } from '../db/pool.ts';
+import type { Database } from '../db/schema.ts';
 import { connectClient } from '../db/connect.ts';
 import type { EmbeddedCluster } from '../embedded/cluster.ts';
 import { prepareEmbedded } from '../embedded/bootstrap.ts';
-import type { Logger } from '../log.ts';
+import { createLogger, type Logger } from '../log.ts';
 
 export interface Connection {
   /** The URL the command should use. */
@@ -48,6 +51,20 @@ export async function withClient<T>(
       await client.end().catch(() => undefined);
     }
   } finally {
+    await conn.release();
+  }
+}
+
+/** Runs `work` as app_background against DATABASE_URL or the embedded default. */
+export async function withDatabase<T>(opts: { databaseUrl?: string }, env: NodeJS.ProcessEnv, work: (db: Kysely<Database>) => Promise<T>): Promise<T> {
+  const config = loadEnvConfig(env);
+  const log = createLogger(config.logLevel === 'info' ? 'warn' : config.logLevel);
+  const conn = await resolveConnection(config, log, { as: 'dispatcher', url: opts.databaseUrl });
+  const db = createKysely(createPool({ connectionString: conn.url, max: 2, applicationName: 'outbox-dispatcher-cli', role: BACKGROUND_ROLE }));
+  try {
+    return await work(db);
+  } finally {
+    await db.destroy();
     await conn.release();
   }
 }

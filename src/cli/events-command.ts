@@ -1,13 +1,8 @@
-import { loadEnvConfig } from '../config/env.ts';
 import { eventStats, previewReplay, replayDead, type EventFilter } from '../db/queries/operator.ts';
-import { BACKGROUND_ROLE, createKysely, createPool } from '../db/pool.ts';
-import type { Database } from '../db/schema.ts';
 import { EXIT } from '../lifecycle/errors.ts';
-import { createLogger } from '../log.ts';
-import { resolveConnection } from './connection.ts';
+import { withDatabase } from './connection.ts';
 import { printJson, table } from './output.ts';
 import { parsePositiveInt, parseTime, parseTypePattern, parseUuid } from './parse.ts';
-import type { Kysely } from 'kysely';
 
 export interface FilterOptions {
   type?: string[];
@@ -27,20 +22,6 @@ export function parseFilter(opts: FilterOptions): EventFilter {
     until: opts.until === undefined ? undefined : parseTime('--until', opts.until),
     ids: opts.id?.map((i) => parseUuid('--id', i)),
   };
-}
-
-/** Runs `work` as app_background against DATABASE_URL or the embedded default. */
-export async function withDatabase<T>(opts: { databaseUrl?: string }, env: NodeJS.ProcessEnv, work: (db: Kysely<Database>) => Promise<T>): Promise<T> {
-  const config = loadEnvConfig(env);
-  const log = createLogger(config.logLevel === 'info' ? 'warn' : config.logLevel);
-  const conn = await resolveConnection(config, log, { as: 'dispatcher', url: opts.databaseUrl });
-  const db = createKysely(createPool({ connectionString: conn.url, max: 2, applicationName: 'outbox-dispatcher-cli', role: BACKGROUND_ROLE }));
-  try {
-    return await work(db);
-  } finally {
-    await db.destroy();
-    await conn.release();
-  }
 }
 
 export async function statsCommand(opts: FilterOptions & { all?: boolean }, env: NodeJS.ProcessEnv = process.env): Promise<number> {

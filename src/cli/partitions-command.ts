@@ -5,8 +5,7 @@ import { adoptTable } from '../partitions/adopt.ts';
 import { parseTableRef } from '../partitions/registry.ts';
 import { PartitionRotator, rotationFailed } from '../partitions/rotator.ts';
 import { partitionStatus } from '../partitions/status.ts';
-import { withClient } from './connection.ts';
-import { withDatabase } from './events-command.ts';
+import { withClient, withDatabase } from './connection.ts';
 import { parsePositiveInt } from './parse.ts';
 import { printJson, table } from './output.ts';
 

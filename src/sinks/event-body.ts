@@ -21,9 +21,6 @@ export function eventBody(event: OutboxEvent): EventBody {
   };
 }
 
-/** Placeholders a subject or routing-key template may use. */
-export const TEMPLATE_FIELDS = ['restaurantId', 'eventType', 'eventId'] as const;
-
 /** Fills `{restaurantId}`, `{eventType}` and `{eventId}` (validated at start-up: nothing else). */
 export function renderTemplate(template: string, event: OutboxEvent): string {
   return template

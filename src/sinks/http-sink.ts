@@ -7,10 +7,7 @@ import { DispatchAbortedError, PermanentDispatchError, RetryableDispatchError } 
 import type { Sink, SinkContext } from './types.ts';
 import { VERSION } from '../version.ts';
 
-import { eventBody, type EventBody } from './event-body.ts';
-
-/** The JSON body POSTed for every event (public contract, see README). */
-export type HttpEventBody = EventBody;
+import { eventBody } from './event-body.ts';
 
 export const SIGNATURE_HEADER = 'X-Outbox-Signature';
 export const TIMESTAMP_HEADER = 'X-Outbox-Timestamp';
