@@ -1,6 +1,7 @@
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { replayDead } from '../src/db/queries/operator.ts';
+import { claimBatch, completeBatch, rescueExpiredLeases, type ClaimedRow } from '../src/db/queries/outbox.ts';
 import { createTestDatabase, produce, tenantId, type TestDatabase } from './support/db.ts';
 
 let db: TestDatabase;
@@ -136,6 +137,205 @@ describe('dedupe of active events', () => {
     expect(await replayDead(worker, { tenant: t, types: ['rep'] })).toEqual({ replayed: 1, skippedDuplicateKey: 0 });
     // The replayed event holds the key again.
     expect(await produce(db.producerUrl, t, [{ type: 'rep', dedupeKey: 'k' }])).toEqual([]);
+  });
+});
+
+describe('dedupe semantics of ADR 0001 (revision 2026-11-30)', () => {
+  /** Claims everything due as `worker` and returns the row of `id` (other tests' rows are claimed too, harmlessly). */
+  async function claim(id: string, workerId = 'w-dedupe', leaseMs = 60_000): Promise<ClaimedRow> {
+    const rows = await claimBatch(db.workerDb(), { workerId, limit: 5000, leaseMs });
+    const row = rows.find((r) => r.id === id);
+    if (!row) throw new Error(`event ${id} was not claimed`);
+    return row;
+  }
+  async function eventRow(id: string) {
+    const { rows } = await db.query('SELECT status, payload, last_error, dispatched_at FROM capacity_outbox WHERE id = $1', [id]);
+    return rows[0];
+  }
+
+  it('accepts a newer event while the older one is in flight, and delivers its payload (repro 20)', async () => {
+    const t = tenantId();
+    const [older] = await produce(db.producerUrl, t, [{ type: 'booking.updated', dedupeKey: 'booking-42', payload: { guests: 2 } }]);
+    const row = await claim(older!);
+    expect(row.payload).toEqual({ guests: 2 }); // handed to a worker: the consumer may already have it
+    const [newer] = await produce(db.producerUrl, t, [{ type: 'booking.updated', dedupeKey: 'booking-42', payload: { guests: 6 } }]);
+    expect(newer).toBeDefined();
+    // A third event while the newer one is still queued is a duplicate of a pending event: dropped.
+    expect(await produce(db.producerUrl, t, [{ type: 'booking.updated', dedupeKey: 'booking-42', payload: { guests: 7 } }])).toEqual([]);
+    expect(await completeBatch(db.workerDb(), 'w-dedupe', [{ id: older!, createdAtKey: row.created_at_key, attempt: row.attempts, outcome: { kind: 'done' } }])).toEqual(new Set([older]));
+    const next = await claim(newer!);
+    expect(next.payload).toEqual({ guests: 6 });
+    const { rows } = await db.query("SELECT status, payload FROM capacity_outbox WHERE restaurant_id = $1 ORDER BY created_at", [t]);
+    expect(rows).toEqual([{ status: 'done', payload: { guests: 2 } }, { status: 'processing', payload: { guests: 6 } }]);
+  });
+
+  it('supersedes the older event when it is retried or released while a newer one is queued', async () => {
+    const t = tenantId();
+    for (const outcome of [{ kind: 'retry', delayMs: 0, error: 'HTTP 503' }, { kind: 'release' }] as const) {
+      const type = `sup.${outcome.kind}`;
+      const [older] = await produce(db.producerUrl, t, [{ type, dedupeKey: 'k', payload: { v: 1 } }]);
+      const row = await claim(older!);
+      const [newer] = await produce(db.producerUrl, t, [{ type, dedupeKey: 'k', payload: { v: 2 } }]);
+      expect(await completeBatch(db.workerDb(), 'w-dedupe', [{ id: older!, createdAtKey: row.created_at_key, attempt: row.attempts, outcome }])).toEqual(new Set([older]));
+      const o = await eventRow(older!);
+      expect(o.status).toBe('done');
+      expect(o.dispatched_at).toBeNull();
+      expect(o.last_error).toContain(`superseded by event ${newer}`);
+      expect((await eventRow(newer!)).status).toBe('pending');
+      // Exactly one queued event holds the key.
+      expect(await produce(db.producerUrl, t, [{ type, dedupeKey: 'k' }])).toEqual([]);
+    }
+  });
+
+  it('supersedes an older event whose lease expired while a newer one is queued; without one, the retry re-takes the key', async () => {
+    const t = tenantId();
+    const [older] = await produce(db.producerUrl, t, [{ type: 'lease', dedupeKey: 'k' }]);
+    await claim(older!, 'w-dies', 1000);
+    const [newer] = await produce(db.producerUrl, t, [{ type: 'lease', dedupeKey: 'k' }]);
+    await db.query("UPDATE capacity_outbox SET next_attempt_at = now() - interval '1 second' WHERE id = $1", [older]);
+    await rescueExpiredLeases(db.workerDb(), { limit: 1000, maxAttempts: 10 });
+    expect((await eventRow(older!)).last_error).toContain(`superseded by event ${newer}`);
+    expect((await eventRow(newer!)).status).toBe('pending');
+
+    // No newer event: the retried event goes back to pending and holds its key again.
+    const [solo] = await produce(db.producerUrl, t, [{ type: 'solo', dedupeKey: 'k' }]);
+    const row = await claim(solo!);
+    await completeBatch(db.workerDb(), 'w-dedupe', [{ id: solo!, createdAtKey: row.created_at_key, attempt: row.attempts, outcome: { kind: 'retry', delayMs: 60_000, error: 'x' } }]);
+    expect((await eventRow(solo!)).status).toBe('pending');
+    expect(await produce(db.producerUrl, t, [{ type: 'solo', dedupeKey: 'k' }])).toEqual([]);
+  });
+
+  it('replays a dead event while a newer event of its key is in flight (no queued holder)', async () => {
+    const t = tenantId();
+    const [dead] = await produce(db.producerUrl, t, [{ type: 'rep2', dedupeKey: 'k' }]);
+    await db.query("UPDATE capacity_outbox SET status = 'dead', last_error = 'x' WHERE id = $1", [dead]);
+    const [active] = await produce(db.producerUrl, t, [{ type: 'rep2', dedupeKey: 'k' }]);
+    await claim(active!);
+    expect(await replayDead(db.workerDb(), { tenant: t, types: ['rep2'] })).toEqual({ replayed: 1, skippedDuplicateKey: 0 });
+    expect((await eventRow(dead!)).status).toBe('pending');
+  });
+
+  it('a claim racing a producer: the producer waits for the claim, accepted if it commits, dropped if it rolls back', async () => {
+    for (const end of ['COMMIT', 'ROLLBACK'] as const) {
+      const t = tenantId();
+      const [older] = await produce(db.producerUrl, t, [{ type: `claimrace.${end}`, dedupeKey: 'k' }]);
+      const worker = new pg.Client({ connectionString: db.workerUrl });
+      await worker.connect();
+      const producer = await producerClient(t);
+      try {
+        await worker.query('SET ROLE app_background');
+        await worker.query('BEGIN');
+        // What claimBatch does for this row, held open so the producer races it.
+        const claimed = await worker.query(
+          "UPDATE capacity_outbox SET status = 'processing', attempts = attempts + 1, locked_by = 'w', next_attempt_at = now() + interval '1 minute' WHERE id = $1 AND status = 'pending' RETURNING id",
+          [older],
+        );
+        expect(claimed.rowCount).toBe(1);
+        const dup = producer.query(insertSql, [t, `claimrace.${end}`, 'k', null]);
+        await waitForLockWait(producer);
+        await worker.query(end);
+        expect((await dup).rowCount).toBe(end === 'COMMIT' ? 1 : 0);
+        await producer.query('COMMIT');
+      } finally {
+        await worker.end();
+        await producer.end();
+      }
+    }
+  });
+
+  it('two producers of one key racing while the older event is in flight: exactly one newer event is queued', async () => {
+    const t = tenantId();
+    const [older] = await produce(db.producerUrl, t, [{ type: 'race3', dedupeKey: 'k' }]);
+    await claim(older!);
+    const [c1, c2] = [await producerClient(t), await producerClient(t)];
+    try {
+      expect((await c1.query(insertSql, [t, 'race3', 'k', null])).rowCount).toBe(1);
+      const second = c2.query(insertSql, [t, 'race3', 'k', null]);
+      await waitForLockWait(c2);
+      await c1.query('COMMIT');
+      expect((await second).rowCount).toBe(0);
+      await c2.query('COMMIT');
+    } finally {
+      await c1.end();
+      await c2.end();
+    }
+    const { rows } = await db.query("SELECT status FROM capacity_outbox WHERE restaurant_id = $1 ORDER BY created_at", [t]);
+    expect(rows.map((r) => r.status)).toEqual(['processing', 'pending']);
+  });
+
+  it.each(['REPEATABLE READ', 'SERIALIZABLE'])('a %s producer racing a committed insert of its key is dropped, its transaction commits (repro 02)', async (level) => {
+    const t = tenantId();
+    const rr = new pg.Client(db.producerUrl);
+    await rr.connect();
+    try {
+      await rr.query(`BEGIN ISOLATION LEVEL ${level}`);
+      await rr.query('SELECT public.set_restaurant_context($1)', [t]);
+      await rr.query('SELECT count(*) FROM capacity_outbox'); // the snapshot is taken here
+      expect(await produce(db.producerUrl, t, [{ type: 'stock.changed', dedupeKey: 'sku-1' }])).toHaveLength(1);
+      expect((await rr.query(insertSql, [t, 'stock.changed', 'sku-1', null])).rowCount).toBe(0);
+      expect((await rr.query(insertSql, [t, 'stock.changed', 'sku-2', null])).rowCount).toBe(1);
+      await rr.query('COMMIT');
+    } finally {
+      await rr.end();
+    }
+    const { rows } = await db.query('SELECT dedupe_key FROM capacity_outbox WHERE restaurant_id = $1 ORDER BY dedupe_key', [t]);
+    expect(rows.map((r) => r.dedupe_key)).toEqual(['sku-1', 'sku-2']);
+  });
+
+  it('a REPEATABLE READ producer waiting on an uncommitted insert of its key is dropped when that commits', async () => {
+    const t = tenantId();
+    const [c1, rr] = [await producerClient(t), new pg.Client(db.producerUrl)];
+    await rr.connect();
+    try {
+      await rr.query('BEGIN ISOLATION LEVEL REPEATABLE READ');
+      await rr.query('SELECT public.set_restaurant_context($1)', [t]);
+      await rr.query('SELECT count(*) FROM capacity_outbox');
+      expect((await c1.query(insertSql, [t, 'rr2', 'k', null])).rowCount).toBe(1);
+      const dup = rr.query(insertSql, [t, 'rr2', 'k', null]);
+      await waitForLockWait(rr);
+      await c1.query('COMMIT');
+      expect((await dup).rowCount).toBe(0);
+      await rr.query('COMMIT');
+    } finally {
+      await c1.end();
+      await rr.end();
+    }
+  });
+
+  it('does not reveal whether another tenant holds a key (repro 01)', async () => {
+    const [a, b] = [tenantId(), tenantId()];
+    expect(await produce(db.producerUrl, b, [{ type: 'booking.created', dedupeKey: 'booking-42' }])).toHaveLength(1);
+    const errorOf = async (context: string | null, key: string) => {
+      const c = new pg.Client(db.producerUrl);
+      await c.connect();
+      try {
+        await c.query('BEGIN');
+        if (context) await c.query('SELECT public.set_restaurant_context($1)', [context]);
+        await c.query(insertSql, [b, 'booking.created', key, null]);
+        return 'accepted';
+      } catch (err) {
+        return `${(err as { code?: string }).code}: ${(err as Error).message}`;
+      } finally {
+        await c.end();
+      }
+    };
+    // Held and free keys give the same answer: the RLS error for context A, "tenant context missing" without one.
+    const held = await errorOf(a, 'booking-42');
+    expect(held).toBe(await errorOf(a, 'booking-43'));
+    expect(held).toMatch(/^42501: new row violates row-level security policy for table "capacity_outbox"/);
+    const noContext = await errorOf(null, 'booking-42');
+    expect(noContext).toBe(await errorOf(null, 'booking-43'));
+    expect(noContext).toMatch(/^42501: tenant context missing/);
+    // The producer cannot reach the key table directly either.
+    const c = new pg.Client(db.producerUrl);
+    await c.connect();
+    try {
+      await c.query('SELECT public.set_restaurant_context($1)', [a]);
+      await expect(c.query("SELECT outbox_dispatcher.capacity_outbox_take_key($1, 'booking.created', 'booking-42', '', gen_random_uuid(), now())", [b])).rejects.toMatchObject({ code: '42501' });
+      await expect(c.query('SELECT * FROM outbox_dispatcher.capacity_outbox_active_keys')).rejects.toMatchObject({ code: '42501' });
+    } finally {
+      await c.end();
+    }
   });
 });
 

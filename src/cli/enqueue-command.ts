@@ -64,7 +64,7 @@ export async function enqueue(
       const holder = await client.query<{ id: string }>(
         `SELECT id FROM capacity_outbox
          WHERE restaurant_id = $1 AND event_type = $2 AND coalesce(dedupe_key, '') = coalesce($3, '')
-           AND coalesce(idempotency_key, '') = coalesce($4, '') AND status IN ('pending', 'processing')
+           AND coalesce(idempotency_key, '') = coalesce($4, '') AND status = 'pending'
          LIMIT 1`,
         [e.tenant, e.type, e.dedupeKey ?? null, e.idempotencyKey ?? null],
       );
