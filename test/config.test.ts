@@ -27,6 +27,7 @@ describe('environment', () => {
     expect(c.dispatch).toMatchObject({ batchSize: 100, concurrency: 32, pollIntervalMs: 1000, leaseMs: 30_000, maxAttempts: 10, backoffBaseMs: 1000, backoffMaxMs: 300_000 });
     expect(c.dispatch.leaseMs).toBeLessThanOrEqual(60_000);
     expect(c.logLevel).toBe('info');
+    expect(c.db).toEqual({ statementTimeoutMs: 15_000, idleInTransactionTimeoutMs: 60_000, connectTimeoutMs: 10_000, keepAliveInitialDelayMs: 10_000 });
   });
 
   it.each([
@@ -38,6 +39,10 @@ describe('environment', () => {
     ['LOG_LEVEL', 'loud', /LOG_LEVEL: must be one of fatal, error, warn, info, debug, trace, silent/],
     ['DATABASE_URL', 'mysql://x@y/z', /DATABASE_URL: must use the postgres:\/\/ scheme/],
     ['OUTBOX_ALLOW_PRIVILEGED_ROLE', 'maybe', /OUTBOX_ALLOW_PRIVILEGED_ROLE: must be true or false/],
+    ['OUTBOX_DB_STATEMENT_TIMEOUT_MS', '0', /OUTBOX_DB_STATEMENT_TIMEOUT_MS: must be between 100 and 3600000 \(got 0\)/],
+    ['OUTBOX_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS', '5s', /OUTBOX_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS: must be a whole number/],
+    ['OUTBOX_DB_CONNECT_TIMEOUT_MS', '-1', /OUTBOX_DB_CONNECT_TIMEOUT_MS: must be between 100 and 600000/],
+    ['OUTBOX_DB_KEEPALIVE_MS', '10', /OUTBOX_DB_KEEPALIVE_MS: must be between 1000 and 3600000/],
   ])('rejects %s=%s naming the key', (key, value, message) => {
     const err = configError(() => loadEnvConfig({ [key]: value }));
     expect(err.key).toBe(key);
@@ -107,6 +112,12 @@ describe('the daemon at start-up', () => {
     const r = await runCli(['run'], { OUTBOX_BATCH_SIZE: 'lots' });
     expect(r.code).toBe(78);
     expect(r.stderr).toContain('invalid configuration: OUTBOX_BATCH_SIZE: must be a whole number between 1 and 5000 (got "lots")');
+  });
+
+  it('exits 78 naming a bad database timeout', async () => {
+    const r = await runCli(['run'], { OUTBOX_DB_STATEMENT_TIMEOUT_MS: 'forever' });
+    expect(r.code).toBe(78);
+    expect(r.stderr).toContain('invalid configuration: OUTBOX_DB_STATEMENT_TIMEOUT_MS: must be a whole number between 100 and 3600000 (got "forever")');
   });
 
   it('requires OUTBOX_ROUTES when DATABASE_URL is set', async () => {

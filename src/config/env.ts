@@ -24,6 +24,10 @@ export const envSchema = z.object({
   OUTBOX_SHUTDOWN_GRACE_MS: intVar(25_000, 0, 600_000),
   OUTBOX_RESCUE_INTERVAL_MS: intVar(5000, 100, 600_000),
   OUTBOX_POOL_SIZE: intVar(4, 2, 200),
+  OUTBOX_DB_STATEMENT_TIMEOUT_MS: intVar(15_000, 100, 3_600_000),
+  OUTBOX_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS: intVar(60_000, 1000, 3_600_000),
+  OUTBOX_DB_CONNECT_TIMEOUT_MS: intVar(10_000, 100, 600_000),
+  OUTBOX_DB_KEEPALIVE_MS: intVar(10_000, 1000, 3_600_000),
   OUTBOX_MAX_PAYLOAD_BYTES: intVar(1_048_576, 1, 104_857_600),
   OUTBOX_WORKER_ID: stringVar(),
   OUTBOX_BACKLOG_SAMPLE_MS: intVar(15_000, 0, 3_600_000),
@@ -67,6 +71,8 @@ export interface EnvConfig {
   metrics: { port: number; host: string };
   dispatch: DispatchSettings;
   poolSize: number;
+  /** Database timeouts of the daemon's pool (ADR 0009). */
+  db: { statementTimeoutMs: number; idleInTransactionTimeoutMs: number; connectTimeoutMs: number; keepAliveInitialDelayMs: number };
   /** 0 disables sampling. */
   backlog: { sampleMs: number; countCap: number };
   allowPrivilegedRole: boolean;
@@ -110,6 +116,12 @@ export function loadEnvConfig(env: NodeJS.ProcessEnv = process.env): EnvConfig {
       maxPayloadBytes: e.OUTBOX_MAX_PAYLOAD_BYTES,
     },
     poolSize: e.OUTBOX_POOL_SIZE,
+    db: {
+      statementTimeoutMs: e.OUTBOX_DB_STATEMENT_TIMEOUT_MS,
+      idleInTransactionTimeoutMs: e.OUTBOX_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS,
+      connectTimeoutMs: e.OUTBOX_DB_CONNECT_TIMEOUT_MS,
+      keepAliveInitialDelayMs: e.OUTBOX_DB_KEEPALIVE_MS,
+    },
     backlog: { sampleMs: e.OUTBOX_BACKLOG_SAMPLE_MS, countCap: e.OUTBOX_BACKLOG_COUNT_CAP },
     allowPrivilegedRole: e.OUTBOX_ALLOW_PRIVILEGED_ROLE,
     embedded: { dir: e.OUTBOX_EMBEDDED_DIR ?? '.data/postgres', port: e.OUTBOX_EMBEDDED_PORT },

@@ -3,6 +3,7 @@ import { completeBatch, type Completion } from '../db/queries/outbox.ts';
 import type { Database } from '../db/schema.ts';
 import type { Logger } from '../log.ts';
 import type { DispatcherMetrics } from '../metrics/metrics.ts';
+import type { Heartbeat } from '../lifecycle/heartbeat.ts';
 import { reconnectDelayMs, sleep, type Service } from '../lifecycle/service.ts';
 
 export interface CompleterOptions {
@@ -13,6 +14,8 @@ export interface CompleterOptions {
   flushIntervalMs?: number;
   /** How long stop() keeps retrying a failing final flush before giving up. */
   stopTimeoutMs?: number;
+  /** Beaten when outcomes start waiting and on every successful write (/healthz). */
+  heartbeat?: Heartbeat;
 }
 
 /**
@@ -30,6 +33,7 @@ export class Completer implements Service {
   readonly #maxBatch: number;
   readonly #flushIntervalMs: number;
   readonly #stopTimeoutMs: number;
+  readonly #heartbeat: Heartbeat | undefined;
   #buffer: Completion[] = [];
   #timer: NodeJS.Timeout | undefined;
   #flushing: Promise<void> | undefined;
@@ -44,6 +48,7 @@ export class Completer implements Service {
     this.#maxBatch = opts.maxBatch ?? 500;
     this.#flushIntervalMs = opts.flushIntervalMs ?? 20;
     this.#stopTimeoutMs = opts.stopTimeoutMs ?? 10_000;
+    this.#heartbeat = opts.heartbeat;
   }
 
   async start(): Promise<void> {}
@@ -53,6 +58,8 @@ export class Completer implements Service {
   }
 
   add(item: Completion): void {
+    // The clock for "outcomes waiting to be written" starts with the first one.
+    if (this.#buffer.length === 0) this.#heartbeat?.beat();
     this.#buffer.push(item);
     if (this.#buffer.length >= this.#maxBatch) this.#kick(0);
     else this.#kick(this.#flushIntervalMs);
@@ -86,6 +93,7 @@ export class Completer implements Service {
         const applied = await completeBatch(this.#db, this.#workerId, batch);
         this.#buffer.splice(0, batch.length);
         this.#failures = 0;
+        this.#heartbeat?.beat();
         const lost = batch.length - applied.size;
         if (lost > 0) {
           this.#metrics.leaseLost.inc(lost);

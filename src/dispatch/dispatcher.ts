@@ -4,6 +4,7 @@ import type { DispatchSettings } from '../config/env.ts';
 import { findRoute, type Route } from '../config/routes.ts';
 import { claimBatch, type ClaimedRow, type Outcome } from '../db/queries/outbox.ts';
 import type { Database } from '../db/schema.ts';
+import type { Heartbeat } from '../lifecycle/heartbeat.ts';
 import { jitter, reconnectDelayMs, sleep, type Service } from '../lifecycle/service.ts';
 import type { Logger } from '../log.ts';
 import type { DispatcherMetrics } from '../metrics/metrics.ts';
@@ -23,6 +24,8 @@ export interface DispatcherDeps {
   sinks: ReadonlyMap<string, Sink>;
   tenantScope: TenantScope;
   settings: DispatchSettings;
+  /** Beaten once per loop round; progress only while claims succeed (/healthz). */
+  heartbeat?: Heartbeat;
 }
 
 export type DispatcherState = 'idle' | 'running' | 'draining' | 'stopped';
@@ -81,6 +84,7 @@ export class Dispatcher implements Service {
     const { settings, metrics } = this.#d;
     let failures = 0;
     while (!this.#stopLoop.signal.aborted) {
+      this.#d.heartbeat?.beat(failures === 0);
       const free = this.#maxHeld - this.#held;
       if (free <= 0) {
         this.#waitingForSlot = true;

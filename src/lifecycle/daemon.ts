@@ -2,7 +2,7 @@ import { sql, type Kysely } from 'kysely';
 import type pg from 'pg';
 import type { EnvConfig } from '../config/env.ts';
 import type { Route } from '../config/routes.ts';
-import { BACKGROUND_ROLE, createKysely, createPool } from '../db/pool.ts';
+import { BACKGROUND_ROLE, clientQueryTimeoutMs, createKysely, createPool } from '../db/pool.ts';
 import type { Database } from '../db/schema.ts';
 import { Completer } from '../dispatch/completer.ts';
 import { Dispatcher } from '../dispatch/dispatcher.ts';
@@ -16,6 +16,11 @@ import { PartitionMetrics } from '../metrics/partition-metrics.ts';
 import { PartitionMaintenance } from '../partitions/maintenance.ts';
 import type { Sink } from '../sinks/types.ts';
 import { TenantScope } from '../tenancy/scope.ts';
+import { claimLoopBoundMs, completerBoundMs, Heartbeat, Watchdog } from './heartbeat.ts';
+import { sleep } from './service.ts';
+
+/** How long shutdown waits for connections to close before leaving them to process exit. */
+const CLOSE_BOUND_MS = 5000;
 
 export interface DaemonOptions {
   config: EnvConfig;
@@ -49,6 +54,8 @@ export class Daemon {
   readonly partitions: PartitionMaintenance | undefined;
   /** Undefined when OUTBOX_BACKLOG_SAMPLE_MS=0. */
   readonly backlog: BacklogSampler | undefined;
+  /** What /healthz checks: the claim loop and the completer keep making progress. */
+  readonly watchdog = new Watchdog();
   readonly #opts: DaemonOptions;
   readonly #log: Logger;
   #stopping: Promise<void> | undefined;
@@ -63,10 +70,18 @@ export class Daemon {
       max: config.poolSize,
       applicationName: `outbox-dispatcher:${d.workerId}`.slice(0, 63),
       role: BACKGROUND_ROLE,
+      timeouts: config.db,
     });
     this.db = createKysely(this.pool);
     this.metrics = opts.metrics ?? new DispatcherMetrics();
-    this.completer = new Completer(this.db, log, this.metrics, { workerId: d.workerId });
+    const queryTimeoutMs = clientQueryTimeoutMs(config.db);
+    const claimBeat = this.watchdog.add(
+      new Heartbeat('dispatcher', claimLoopBoundMs(d.pollIntervalMs, queryTimeoutMs), { idle: () => this.dispatcher.state !== 'running' }),
+    );
+    const completerBeat = this.watchdog.add(
+      new Heartbeat('completer', completerBoundMs(queryTimeoutMs), { idle: () => this.completer.pending === 0 }),
+    );
+    this.completer = new Completer(this.db, log, this.metrics, { workerId: d.workerId, heartbeat: completerBeat });
     this.dispatcher = new Dispatcher({
       db: this.db,
       log,
@@ -76,6 +91,7 @@ export class Daemon {
       sinks: opts.sinks,
       tenantScope: new TenantScope(this.db),
       settings: d,
+      heartbeat: claimBeat,
     });
     this.rescuer = new LeaseRescuer(this.db, log, this.metrics, {
       intervalMs: d.rescueIntervalMs,
@@ -87,6 +103,7 @@ export class Daemon {
         connectionString: opts.connectionString,
         onNotify: () => this.dispatcher.poke(),
         onConnected: () => this.dispatcher.poke(),
+        timeouts: { connectTimeoutMs: config.db.connectTimeoutMs, queryTimeoutMs, keepAliveInitialDelayMs: config.db.keepAliveInitialDelayMs },
       },
       log,
       this.metrics,
@@ -98,7 +115,7 @@ export class Daemon {
       ? new BacklogSampler(this.db, log, this.metrics, { intervalMs: config.backlog.sampleMs, cap: config.backlog.countCap })
       : undefined;
     this.server = new OpsServer(
-      { host: config.metrics.host, port: config.metrics.port, registry: this.metrics.registry, readiness: () => this.readiness() },
+      { host: config.metrics.host, port: config.metrics.port, registry: this.metrics.registry, readiness: () => this.readiness(), liveness: () => this.watchdog.check() },
       log,
     );
   }
@@ -148,12 +165,25 @@ export class Daemon {
 
   async #stop(): Promise<void> {
     this.#log.info('shutting down: no new claims');
-    await Promise.all([this.listener.stop(), this.rescuer.stop(), this.partitions?.stop(), this.backlog?.stop()]);
+    // Every step that talks to PostgreSQL is bounded: statements by the query timeout, and
+    // closing connections (which waits for the server's goodbye, never sent on a black-holed
+    // path) by CLOSE_BOUND_MS. Shutdown never hangs on the database.
+    await Promise.all([
+      this.#bounded('listener', this.listener.stop()),
+      this.rescuer.stop(),
+      this.partitions?.stop(),
+      this.backlog?.stop(),
+    ]);
     await this.dispatcher.stop();
     await this.completer.stop();
     await Promise.all([...this.#opts.sinks.values()].map((s) => s.close?.().catch(() => undefined)));
     await this.server.stop();
-    await this.db.destroy();
+    await this.#bounded('database pool', this.db.destroy());
     this.#log.info('shutdown complete');
+  }
+
+  async #bounded(what: string, work: Promise<unknown>): Promise<void> {
+    const done = await Promise.race([work.then(() => true, () => true), sleep(CLOSE_BOUND_MS).then(() => false)]);
+    if (!done) this.#log.warn({ waitedMs: CLOSE_BOUND_MS }, `closing the ${what} did not finish; leaving it to process exit`);
   }
 }

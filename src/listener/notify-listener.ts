@@ -20,6 +20,8 @@ export interface NotifyListenerOptions {
   onNotify: () => void;
   /** (Re)connected: notifications may have been missed, so look now. */
   onConnected: () => void;
+  /** Connect, query and TCP keepalive bounds (ADR 0009); unset: pg's defaults, keepalive on. */
+  timeouts?: { connectTimeoutMs: number; queryTimeoutMs: number; keepAliveInitialDelayMs: number };
 }
 
 /**
@@ -75,7 +77,19 @@ export class NotifyListener implements Service {
   #create(): Subscriber {
     const channel = this.#opts.channel ?? OUTBOX_CHANNEL;
     const sub = createSubscriber(
-      { connectionString: this.#opts.connectionString, application_name: 'outbox-dispatcher-listener' },
+      {
+        connectionString: this.#opts.connectionString,
+        application_name: 'outbox-dispatcher-listener',
+        // A black-holed LISTEN connection fails its paranoid check instead of hanging on it.
+        keepAlive: true,
+        ...(this.#opts.timeouts
+          ? {
+              keepAliveInitialDelayMillis: this.#opts.timeouts.keepAliveInitialDelayMs,
+              connectionTimeoutMillis: this.#opts.timeouts.connectTimeoutMs,
+              query_timeout: this.#opts.timeouts.queryTimeoutMs,
+            }
+          : {}),
+      },
       {
         parse: (payload: string) => payload,
         paranoidChecking: 15_000,

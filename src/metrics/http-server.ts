@@ -2,6 +2,7 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Registry } from 'prom-client';
 import { ConfigError } from '../config/errors.ts';
+import type { LivenessReport } from '../lifecycle/heartbeat.ts';
 import type { Service } from '../lifecycle/service.ts';
 import type { Logger } from '../log.ts';
 
@@ -16,9 +17,11 @@ export interface OpsServerOptions {
   registry: Registry;
   /** /readyz: may the orchestrator send traffic (and count this replica)? */
   readiness: () => Promise<ReadinessReport>;
+  /** /healthz: are the loops making progress? Unset: alive while the process serves. */
+  liveness?: () => LivenessReport;
 }
 
-/** /metrics (Prometheus), /healthz (process alive), /readyz (database and dispatcher). */
+/** /metrics (Prometheus), /healthz (loops making progress), /readyz (database and dispatcher). */
 export class OpsServer implements Service {
   readonly name = 'ops-server';
   readonly #opts: OpsServerOptions;
@@ -74,9 +77,17 @@ export class OpsServer implements Service {
         res.writeHead(200, { 'content-type': this.#opts.registry.contentType }).end(body);
         return;
       }
-      case '/healthz':
-        res.writeHead(200, { 'content-type': 'application/json' }).end('{"status":"ok"}\n');
+      case '/healthz': {
+        // 503 when the claim loop or the completer has stalled (e.g. a black-holed database
+        // connection): a restart gets fresh connections. Not ready is /readyz's business.
+        const report = this.#opts.liveness?.() ?? { live: true, stalled: [] };
+        if (report.live) {
+          res.writeHead(200, { 'content-type': 'application/json' }).end('{"status":"ok"}\n');
+        } else {
+          res.writeHead(503, { 'content-type': 'application/json' }).end(`${JSON.stringify({ status: 'stalled', stalled: report.stalled })}\n`);
+        }
         return;
+      }
       case '/readyz': {
         const report = await this.#opts.readiness();
         res.writeHead(report.ready ? 200 : 503, { 'content-type': 'application/json' }).end(`${JSON.stringify(report)}\n`);

@@ -14,7 +14,7 @@ export const NOOP_ROUTES: RoutesFileInput = { routes: [{ match: '*', sink: { typ
  */
 export async function startDaemon(
   db: TestDatabase,
-  opts: { routes?: RoutesFileInput; env?: Record<string, string>; sinks?: Record<string, Sink> } = {},
+  opts: { routes?: RoutesFileInput; env?: Record<string, string>; sinks?: Record<string, Sink>; connectionString?: string } = {},
 ): Promise<Daemon> {
   const config = loadEnvConfig({
     METRICS_PORT: '0',
@@ -31,7 +31,7 @@ export async function startDaemon(
   const log = createLogger(config.logLevel);
   const sinks = createSinks(routes, log, {});
   for (const [name, sink] of Object.entries(opts.sinks ?? {})) sinks.set(name, sink);
-  const daemon = new Daemon({ config, connectionString: db.workerUrl, routes, sinks, log });
+  const daemon = new Daemon({ config, connectionString: opts.connectionString ?? db.workerUrl, routes, sinks, log });
   await daemon.start();
   return daemon;
 }
