@@ -14,6 +14,7 @@ const DOCUMENTED = {
   columns: ['attempts', 'dispatched_at', 'last_error', 'locked_by', 'locked_until', 'next_attempt_at', 'status'].map((c) => `public.capacity_outbox.${c}: UPDATE`),
   functions: [
     'outbox_dispatcher.capacity_outbox_notify',
+    'outbox_dispatcher.capacity_outbox_take_key', // dedupe key for retries/replays; only from a trigger, own tenant only (ADR 0001 revision)
     'outbox_dispatcher.monthly_partition_name', // pure naming function, executable by PUBLIC
     'outbox_dispatcher.partition_create',
     'outbox_dispatcher.partition_default_rows',
