@@ -52,7 +52,7 @@ export class AdoptError extends Error {
   override name = 'AdoptError';
 }
 
-interface Plan {
+interface Plan extends cat.AdoptTarget {
   schema: string;
   name: string;
   rel: string;
@@ -87,7 +87,8 @@ export async function adoptTable(client: pg.ClientBase, log: Logger, opts: Adopt
     partitions = (await cat.partitionsOf(client, (await cat.relation(client, `${plan.schema}.${plan.twinName}`))!.oid)).map((p) => p.name);
   } else {
     say(`creating ${plan.schema}.${plan.twinName} partitioned by month on ${plan.partCol}, and mirroring writes into it`);
-    partitions = await tx('create the twin', () => createTwin(client, plan, (opts.now ?? (() => new Date()))()));
+    const months = twinMonths(await cat.firstMonth(client, plan.rel, plan.partCol), (opts.now ?? (() => new Date()))(), plan.premake);
+    partitions = await tx('create the twin', () => cat.createTwin(client, plan, months));
   }
   await done('twin');
 
@@ -158,59 +159,17 @@ async function inspect(c: pg.ClientBase, table: string): Promise<Plan> {
   };
 }
 
-/**
- * Twin, partitions, mirror function and trigger in one transaction. A leftover twin (no live
- * mirror) or a leftover trigger (no twin: producers' writes would be failing) from an earlier
- * run is removed in the same transaction, so no intermediate state is ever visible.
- */
-async function createTwin(c: pg.ClientBase, p: Plan, now: Date): Promise<string[]> {
-  const fn = cat.mirrorFunction(p.name);
-  await c.query(`DROP TRIGGER IF EXISTS ${q(cat.MIRROR_TRIGGER)} ON ${p.rel}`);
-  await c.query(`DROP TABLE IF EXISTS ${p.twin}`);
-  await c.query(
-    `CREATE TABLE ${p.twin} (LIKE ${p.rel} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING GENERATED INCLUDING STORAGE INCLUDING COMMENTS)
-     PARTITION BY RANGE (${q(p.partCol)})`,
-  );
-  for (const [i, ix] of p.indexes.entries()) {
-    const tmpName = `${p.name}__adopt_ix${i}`;
-    if (ix.unique && ix.cols) {
-      const keyCols = ix.cols.includes(p.partCol) ? ix.cols : [...ix.cols, p.partCol];
-      const list = keyCols.map(q).join(', ');
-      if (ix.primary) await c.query(`ALTER TABLE ${p.twin} ADD CONSTRAINT ${q(tmpName)} PRIMARY KEY (${list})`);
-      else await c.query(`CREATE UNIQUE INDEX ${q(tmpName)} ON ${p.twin} (${list})`);
-    } else {
-      // Same definition, new name, on the twin: "CREATE INDEX name ON schema.table USING ..."
-      const def = ix.def.replace(/^CREATE (UNIQUE )?INDEX \S+ ON (ONLY )?\S+/, `CREATE $1INDEX ${q(tmpName)} ON ${p.twin}`);
-      if (def === ix.def) throw new AdoptError(`cannot rewrite index definition: ${ix.def}`);
-      await c.query(def);
-    }
-    // The name it takes at the swap, kept with the index so a rerun knows it too.
-    await c.query(`COMMENT ON INDEX ${q(p.schema)}.${q(tmpName)} IS ${pg.escapeLiteral(ix.name)}`);
-  }
-  const first = await cat.firstMonth(c, p.rel, p.partCol);
-  const from = first ? startOfMonthUtc(new Date(`${isoDate(first)}T00:00:00Z`)) : startOfMonthUtc(now);
-  const until = addMonthsUtc(startOfMonthUtc(now), p.premake);
-  const partitions: string[] = [];
-  for (let m = from; m <= until; m = addMonthsUtc(m, 1)) {
-    const part = await cat.monthlyPartitionName(c, p.name, isoDate(m));
-    await c.query(
-      `CREATE TABLE ${q(p.schema)}.${q(part)} PARTITION OF ${p.twin} FOR VALUES FROM (${pg.escapeLiteral(`${isoDate(m)} 00:00:00+00`)}) TO (${pg.escapeLiteral(`${isoDate(addMonthsUtc(m, 1))} 00:00:00+00`)})`,
-    );
-    partitions.push(part);
-  }
-  await c.query(`CREATE TABLE ${q(p.schema)}.${q(`${p.name}_default`)} PARTITION OF ${p.twin} DEFAULT`);
-  partitions.push(`${p.name}_default`);
-
-  const keyCols = p.pk.includes(p.partCol) ? p.pk : [...p.pk, p.partCol];
-  await c.query(cat.mirrorFunctionDdl(fn, p.twin, p.cols, keyCols));
-  await c.query(`REVOKE ALL ON FUNCTION ${fn}() FROM PUBLIC`);
-  await c.query(`CREATE TRIGGER ${q(cat.MIRROR_TRIGGER)} AFTER INSERT OR UPDATE OR DELETE ON ${p.rel} FOR EACH ROW EXECUTE FUNCTION ${fn}()`);
-  return partitions;
+/** Months from the oldest row's (or this) month through this month + premake, UTC. */
+function twinMonths(first: Date | null, now: Date, premake: number): { from: string; to: string }[] {
+  const start = first ? startOfMonthUtc(new Date(`${isoDate(first)}T00:00:00Z`)) : startOfMonthUtc(now);
+  const until = addMonthsUtc(startOfMonthUtc(now), premake);
+  const out: { from: string; to: string }[] = [];
+  for (let m = start; m <= until; m = addMonthsUtc(m, 1)) out.push({ from: isoDate(m), to: isoDate(addMonthsUtc(m, 1)) });
+  return out;
 }
 
 async function backfill(c: pg.ClientBase, p: Plan, batchSize: number): Promise<number> {
-  // Let this session lose deadlocks against application traffic (needs superuser; best effort).
-  await c.query("SET deadlock_timeout = '100ms'").catch(() => undefined);
+  await cat.preferLosingDeadlocks(c);
   let copied = 0;
   let cursor: unknown[] | undefined;
   for (;;) {
@@ -225,7 +184,7 @@ async function backfill(c: pg.ClientBase, p: Plan, batchSize: number): Promise<n
 
 /** Verifies and swaps; returns the rows at the swap. Runs inside one transaction. */
 async function swap(c: pg.ClientBase, p: Plan): Promise<number> {
-  await c.query(`LOCK TABLE ${p.rel} IN ACCESS EXCLUSIVE MODE`);
+  await cat.lockExclusive(c, p.rel);
   const twin = await cat.relation(c, `${p.schema}.${p.twinName}`);
   if (!twin || !(await cat.hasMirrorTrigger(c, p.oid))) {
     throw new AdoptError(`${p.schema}.${p.twinName} or its mirror trigger disappeared during adopt; nothing swapped (rerun adopt)`);
@@ -243,32 +202,7 @@ async function swap(c: pg.ClientBase, p: Plan): Promise<number> {
   if (counts.plain !== counts.twin) {
     throw new AdoptError(`row counts differ after copy (plain ${counts.plain}, partitioned ${counts.twin}); nothing swapped (rerun adopt: the copy resumes)`);
   }
-  const twinIndexes = await cat.twinIndexTargets(c, twin.oid);
-  await c.query(`DROP TRIGGER ${q(cat.MIRROR_TRIGGER)} ON ${p.rel}`);
-  await c.query(`DROP FUNCTION ${cat.mirrorFunction(p.name)}()`);
-  await c.query(`ALTER TABLE ${p.rel} RENAME TO ${q(p.backupName)}`);
-  for (const ix of await cat.indexes(c, p.oid)) await c.query(`ALTER INDEX ${q(p.schema)}.${q(ix.name)} RENAME TO ${q(`${ix.name.slice(0, 50)}_unpart`)}`);
-  await c.query(`ALTER TABLE ${p.twin} RENAME TO ${q(p.name)}`);
-  for (const ix of twinIndexes) {
-    if (!ix.target) continue;
-    await c.query(`ALTER INDEX ${q(p.schema)}.${q(ix.name)} RENAME TO ${q(ix.target)}`);
-    await c.query(`COMMENT ON INDEX ${q(p.schema)}.${q(ix.target)} IS NULL`);
-  }
-  for (const s of keep.ownedSequences) await c.query(`ALTER SEQUENCE ${s.seq} OWNED BY ${p.rel}.${q(s.col)}`);
-  for (const def of keep.triggers) await c.query(def);
-  if (keep.security.on) await c.query(`ALTER TABLE ${p.rel} ENABLE ROW LEVEL SECURITY`);
-  if (keep.security.forced) await c.query(`ALTER TABLE ${p.rel} FORCE ROW LEVEL SECURITY`);
-  for (const def of keep.policies) await c.query(def);
-  await c.query(`REVOKE ALL ON ${p.rel} FROM PUBLIC`);
-  for (const def of keep.grants) await c.query(def);
-  // OWNER TO on a partitioned table does not recurse: hand over every partition, or retirement
-  // (DETACH/DROP, run by the owner's SECURITY DEFINER functions) fails later.
-  await c.query(`ALTER TABLE ${p.rel} OWNER TO ${q(keep.security.owner)}`);
-  for (const part of await cat.partitionsOf(c, twin.oid)) {
-    if (part.owner !== keep.security.owner) await c.query(`ALTER TABLE ${q(p.schema)}.${q(part.name)} OWNER TO ${q(keep.security.owner)}`);
-  }
-  // The backup must not keep firing the outbox's triggers if someone writes to it by mistake.
-  await c.query(`ALTER TABLE ${q(p.schema)}.${q(p.backupName)} DISABLE TRIGGER USER`);
+  await cat.swapIn(c, p, twin.oid, keep);
   return counts.plain;
 }
 
@@ -279,14 +213,13 @@ async function swap(c: pg.ClientBase, p: Plan): Promise<number> {
  */
 async function inTransaction<T>(c: pg.ClientBase, log: Logger, what: string, lockMs: number, attempts: number, work: () => Promise<T>): Promise<T> {
   for (let i = 1; ; i++) {
-    await c.query('BEGIN');
     try {
-      await c.query(`SET LOCAL lock_timeout = '${lockMs}ms'`);
+      await cat.begin(c, lockMs);
       const out = await work();
-      await c.query('COMMIT');
+      await cat.commit(c);
       return out;
     } catch (err) {
-      await c.query('ROLLBACK').catch(() => undefined);
+      await cat.rollback(c);
       const code = (err as { code?: string }).code;
       if ((code === '55P03' || code === '40P01') && i < attempts) {
         log.warn({ step: what, attempt: i }, `adopt: ${what} could not take its lock within ${lockMs} ms; retrying`);

@@ -251,6 +251,125 @@ export async function exactCounts(c: pg.ClientBase, rel: string, twin: string, f
   return { plain: Number(r.rows[0]!.plain), twin: Number(r.rows[0]!.twin) };
 }
 
+/** What adopt works on (validated names; quoted forms where used in SQL). */
+export interface AdoptTarget {
+  schema: string;
+  name: string;
+  /** Quoted schema.name of the plain table. */
+  rel: string;
+  twinName: string;
+  /** Quoted schema.name of the twin. */
+  twin: string;
+  backupName: string;
+  partCol: string;
+  premake: number;
+  oid: number;
+  cols: Column[];
+  pk: string[];
+  indexes: IndexInfo[];
+}
+
+/**
+ * Twin, its monthly partitions ([from, to) as YYYY-MM-DD) and default partition, mirror
+ * function and trigger; the caller runs it in one transaction. A leftover twin (no live
+ * mirror) or a leftover trigger (no twin: producers' writes would be failing) from an earlier
+ * run is removed in the same transaction, so no intermediate state is ever visible.
+ */
+export async function createTwin(c: pg.ClientBase, p: AdoptTarget, months: { from: string; to: string }[]): Promise<string[]> {
+  const fn = mirrorFunction(p.name);
+  await c.query(`DROP TRIGGER IF EXISTS ${q(MIRROR_TRIGGER)} ON ${p.rel}`);
+  await c.query(`DROP TABLE IF EXISTS ${p.twin}`);
+  await c.query(
+    `CREATE TABLE ${p.twin} (LIKE ${p.rel} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING GENERATED INCLUDING STORAGE INCLUDING COMMENTS)
+     PARTITION BY RANGE (${q(p.partCol)})`,
+  );
+  for (const [i, ix] of p.indexes.entries()) {
+    const tmpName = `${p.name}__adopt_ix${i}`;
+    if (ix.unique && ix.cols) {
+      const keyCols = ix.cols.includes(p.partCol) ? ix.cols : [...ix.cols, p.partCol];
+      const list = keyCols.map(q).join(', ');
+      if (ix.primary) await c.query(`ALTER TABLE ${p.twin} ADD CONSTRAINT ${q(tmpName)} PRIMARY KEY (${list})`);
+      else await c.query(`CREATE UNIQUE INDEX ${q(tmpName)} ON ${p.twin} (${list})`);
+    } else {
+      // Same definition, new name, on the twin: "CREATE INDEX name ON schema.table USING ..."
+      const def = ix.def.replace(/^CREATE (UNIQUE )?INDEX \S+ ON (ONLY )?\S+/, `CREATE $1INDEX ${q(tmpName)} ON ${p.twin}`);
+      if (def === ix.def) throw new Error(`cannot rewrite index definition: ${ix.def}`);
+      await c.query(def);
+    }
+    // The name it takes at the swap, kept with the index so a rerun knows it too.
+    await c.query(`COMMENT ON INDEX ${q(p.schema)}.${q(tmpName)} IS ${pg.escapeLiteral(ix.name)}`);
+  }
+  const partitions: string[] = [];
+  for (const m of months) {
+    const part = await monthlyPartitionName(c, p.name, m.from);
+    await c.query(
+      `CREATE TABLE ${q(p.schema)}.${q(part)} PARTITION OF ${p.twin} FOR VALUES FROM (${pg.escapeLiteral(`${m.from} 00:00:00+00`)}) TO (${pg.escapeLiteral(`${m.to} 00:00:00+00`)})`,
+    );
+    partitions.push(part);
+  }
+  await c.query(`CREATE TABLE ${q(p.schema)}.${q(`${p.name}_default`)} PARTITION OF ${p.twin} DEFAULT`);
+  partitions.push(`${p.name}_default`);
+
+  const keyCols = p.pk.includes(p.partCol) ? p.pk : [...p.pk, p.partCol];
+  await c.query(mirrorFunctionDdl(fn, p.twin, p.cols, keyCols));
+  await c.query(`REVOKE ALL ON FUNCTION ${fn}() FROM PUBLIC`);
+  await c.query(`CREATE TRIGGER ${q(MIRROR_TRIGGER)} AFTER INSERT OR UPDATE OR DELETE ON ${p.rel} FOR EACH ROW EXECUTE FUNCTION ${fn}()`);
+  return partitions;
+}
+
+/** The renames and carry-over of the swap (the caller holds the lock and has verified the counts). */
+export async function swapIn(c: pg.ClientBase, p: AdoptTarget, twinOid: number, keep: Awaited<ReturnType<typeof carriedOver>>): Promise<void> {
+  const twinIndexes = await twinIndexTargets(c, twinOid);
+  await c.query(`DROP TRIGGER ${q(MIRROR_TRIGGER)} ON ${p.rel}`);
+  await c.query(`DROP FUNCTION ${mirrorFunction(p.name)}()`);
+  await c.query(`ALTER TABLE ${p.rel} RENAME TO ${q(p.backupName)}`);
+  for (const ix of await indexes(c, p.oid)) await c.query(`ALTER INDEX ${q(p.schema)}.${q(ix.name)} RENAME TO ${q(`${ix.name.slice(0, 50)}_unpart`)}`);
+  await c.query(`ALTER TABLE ${p.twin} RENAME TO ${q(p.name)}`);
+  for (const ix of twinIndexes) {
+    if (!ix.target) continue;
+    await c.query(`ALTER INDEX ${q(p.schema)}.${q(ix.name)} RENAME TO ${q(ix.target)}`);
+    await c.query(`COMMENT ON INDEX ${q(p.schema)}.${q(ix.target)} IS NULL`);
+  }
+  for (const s of keep.ownedSequences) await c.query(`ALTER SEQUENCE ${s.seq} OWNED BY ${p.rel}.${q(s.col)}`);
+  for (const def of keep.triggers) await c.query(def);
+  if (keep.security.on) await c.query(`ALTER TABLE ${p.rel} ENABLE ROW LEVEL SECURITY`);
+  if (keep.security.forced) await c.query(`ALTER TABLE ${p.rel} FORCE ROW LEVEL SECURITY`);
+  for (const def of keep.policies) await c.query(def);
+  await c.query(`REVOKE ALL ON ${p.rel} FROM PUBLIC`);
+  for (const def of keep.grants) await c.query(def);
+  // OWNER TO on a partitioned table does not recurse: hand over every partition, or retirement
+  // (DETACH/DROP, run by the owner's SECURITY DEFINER functions) fails later.
+  await c.query(`ALTER TABLE ${p.rel} OWNER TO ${q(keep.security.owner)}`);
+  for (const part of await partitionsOf(c, twinOid)) {
+    if (part.owner !== keep.security.owner) await c.query(`ALTER TABLE ${q(p.schema)}.${q(part.name)} OWNER TO ${q(keep.security.owner)}`);
+  }
+  // The backup must not keep firing the outbox's triggers if someone writes to it by mistake.
+  await c.query(`ALTER TABLE ${q(p.schema)}.${q(p.backupName)} DISABLE TRIGGER USER`);
+}
+
+/** Let this session lose deadlocks against application traffic (needs superuser; best effort). */
+export async function preferLosingDeadlocks(c: pg.ClientBase): Promise<void> {
+  await c.query("SET deadlock_timeout = '100ms'").catch(() => undefined);
+}
+
+export async function lockExclusive(c: pg.ClientBase, rel: string): Promise<void> {
+  await c.query(`LOCK TABLE ${rel} IN ACCESS EXCLUSIVE MODE`);
+}
+
+/** BEGIN with a transaction-local lock_timeout. */
+export async function begin(c: pg.ClientBase, lockTimeoutMs: number): Promise<void> {
+  await c.query('BEGIN');
+  await c.query(`SET LOCAL lock_timeout = '${Math.max(1, Math.round(lockTimeoutMs))}ms'`);
+}
+
+export async function commit(c: pg.ClientBase): Promise<void> {
+  await c.query('COMMIT');
+}
+
+export async function rollback(c: pg.ClientBase): Promise<void> {
+  await c.query('ROLLBACK').catch(() => undefined);
+}
+
 export async function currentUser(c: pg.ClientBase): Promise<string> {
   return (await c.query<{ u: string }>('SELECT current_user AS u')).rows[0]!.u;
 }
