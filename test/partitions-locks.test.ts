@@ -104,6 +104,38 @@ describe('rotation DDL behind a long transaction (repro 06)', () => {
   });
 });
 
+describe('retirement behind a long transaction', () => {
+  beforeEach(reset);
+
+  it('holds a producer up by at most the lock timeout, then defers; a blocked partition costs no exclusive lock at all', async () => {
+    await db.query(`SELECT outbox_dispatcher.ensure_monthly_partition('public.capacity_outbox', $1::date)`, [monthStart(-10)]);
+    await db.query(`SELECT outbox_dispatcher.ensure_monthly_partition('public.capacity_outbox', $1::date)`, [monthStart(-9)]);
+    await db.query(`INSERT INTO capacity_outbox (restaurant_id, event_type, created_at) VALUES (gen_random_uuid(), 'old', $1::date + interval '1 day')`, [monthStart(-9)]);
+    const reader = await longReader();
+    try {
+      const rotation = new PartitionRotator(db.workerDb(), log, () => new Date(), { lockTimeoutMs: 1500, lockAttempts: 1 }).runOnce();
+      await waitFor(async () => (await db.query(`SELECT count(*)::int AS n FROM pg_locks WHERE NOT granted AND relation = 'public.capacity_outbox'::regclass`)).rows[0].n > 0, {
+        what: 'retirement waiting for its lock',
+      });
+      // Queued behind the pending ACCESS EXCLUSIVE request, released when it times out: the
+      // reader is still there when the producer commits.
+      expect(await produce(db.producerUrl, tenantId(), [{ type: 'during.retirement' }])).toHaveLength(1);
+      expect((await reader.query('SELECT 1 AS alive')).rows[0].alive).toBe(1);
+      const t = (await rotation).tables[0]!;
+      expect(t.errors).toEqual([]);
+      // (Creating month +3 needs the default partition, which the reader holds too.)
+      expect(t.deferred.map((d) => d.step)).toEqual([`create partition for ${monthStart(3)}`, `retire ${partName(-10)}`]);
+      // The partition holding a pending event was reported blocked from a lock-free count.
+      expect(t.blocked.map((b) => b.partition)).toEqual([partName(-9)]);
+    } finally {
+      await reader.query('ROLLBACK');
+      await reader.end();
+    }
+    const again = (await new PartitionRotator(db.workerDb(), log).runOnce()).tables[0]!;
+    expect(again.retired).toEqual([partName(-10)]);
+  });
+});
+
 describe('moving rows out of the default partition while workers claim (repro 07)', () => {
   beforeEach(reset);
 
