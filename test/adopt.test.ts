@@ -189,7 +189,6 @@ describe('partitions adopt is resumable (repro 08), as a non-superuser owner wit
     // Every row: the history and everything produced before, during and after the swap; the
     // backup holds exactly what was there at the swap.
     expect(rows[0]).toEqual({ kind: 'p', n: 3000 + produced.length, backup: rowsAtSwap });
-    expect(rowsAtSwap).toBeGreaterThan(3000);
     const missing = await db.query('SELECT count(*)::int AS n FROM unnest($1::uuid[]) p(id) WHERE NOT EXISTS (SELECT 1 FROM capacity_outbox o WHERE o.id = p.id)', [produced]);
     expect(missing.rows[0].n).toBe(0);
     const trig = await db.query(`SELECT tgname FROM pg_trigger WHERE tgrelid = 'public.capacity_outbox'::regclass AND NOT tgisinternal ORDER BY 1`);
@@ -226,12 +225,33 @@ describe('partitions adopt is resumable (repro 08), as a non-superuser owner wit
       }
       try {
         expect(producer.errors).toEqual([]);
+        expect(rowsAtSwap).toBeGreaterThan(3000); // producers wrote during the adopt
         await verify(db, producer.ids, rowsAtSwap);
       } finally {
         await db.drop();
       }
     });
   }
+
+  it('repairs the state the old rerun left (mirror trigger live, twin gone) in one transaction', async () => {
+    const db = await createOwnedDatabase({ beforeMigrate: plain });
+    const owner = new pg.Client(db.ownerUrl);
+    await owner.connect();
+    try {
+      await expect(adoptTable(owner, log, { table: 'capacity_outbox', afterStep: (s) => { if (s === 'twin') throw new Error('stop'); } })).rejects.toThrow('stop');
+      await owner.query('DROP TABLE public.capacity_outbox__partitioned');
+      // This is what producers saw between the old rerun's DROP and its new twin.
+      await expect(produce(db.producerUrl, tenantId(), [{ type: 'x' }])).rejects.toThrow(/capacity_outbox__partitioned/);
+      const r = await adoptTable(owner, log, { table: 'capacity_outbox' });
+      expect(r.resumed).toBe(false);
+      const ids = await produce(db.producerUrl, tenantId(), [{ type: 'after' }]);
+      await verify(db, ids, r.rowsAtSwap);
+      expect(r.rowsAtSwap).toBe(3000);
+    } finally {
+      await owner.end();
+      await db.drop();
+    }
+  });
 
   it('a swap that times out on its lock is rolled back, and a rerun continues and swaps', async () => {
     const db = await createOwnedDatabase({ beforeMigrate: plain });
@@ -260,6 +280,7 @@ describe('partitions adopt is resumable (repro 08), as a non-superuser owner wit
     }
     try {
       expect(producer.errors).toEqual([]);
+      expect(rowsAtSwap).toBeGreaterThan(3000);
       await verify(db, producer.ids, rowsAtSwap);
     } finally {
       await db.drop();
