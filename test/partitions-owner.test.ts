@@ -1,5 +1,6 @@
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { migrate } from '../src/db/migrator.ts';
 import { BACKGROUND_ROLE, createKysely, createPool } from '../src/db/pool.ts';
 import { claimBatch } from '../src/db/queries/outbox.ts';
 import { createLogger } from '../src/log.ts';
@@ -92,6 +93,41 @@ describe('a non-superuser schema owner (migrated by it)', () => {
     } finally {
       await worker.destroy();
     }
+  });
+});
+
+describe('migration 0005 on a database with a partition a superuser left behind', () => {
+  let db: OwnedDatabase;
+  beforeAll(async () => {
+    db = await createOwnedDatabase();
+  });
+  afterAll(async () => db?.drop());
+
+  it('applies as the plain owner with a warning, and hands the partition over when a superuser applies it', async () => {
+    await db.query(`CREATE TABLE public.capacity_outbox_p2040_01 PARTITION OF public.capacity_outbox FOR VALUES FROM ('2040-01-01 00:00:00+00') TO ('2040-02-01 00:00:00+00')`);
+    const ownerOf = async () => (await owners(db)).capacity_outbox_p2040_01;
+    expect(await ownerOf()).not.toBe(db.ownerRole);
+    const rerun = async (url: string) => {
+      await db.query(`DELETE FROM outbox_dispatcher.schema_migrations WHERE version = '0005'`);
+      const c = new pg.Client(url);
+      const warnings: string[] = [];
+      c.on('notice', (n) => warnings.push(n.message ?? ''));
+      await c.connect();
+      try {
+        await migrate(c);
+      } finally {
+        await c.end();
+      }
+      return warnings;
+    };
+    const warnings = await rerun(db.ownerUrl);
+    expect(warnings.join('\n')).toMatch(/partition capacity_outbox_p2040_01 is not owned by the owner of capacity_outbox; as a superuser run: ALTER TABLE capacity_outbox_p2040_01 OWNER TO/);
+    expect(await ownerOf()).not.toBe(db.ownerRole);
+    await rerun(db.adminUrl);
+    expect(await ownerOf()).toBe(db.ownerRole);
+    // Re-applied by a superuser, the owner's policy still names the table owner.
+    const pol = await db.query(`SELECT polroles::regrole[]::text[] AS roles FROM pg_policy WHERE polname = 'capacity_outbox_owner'`);
+    expect(pol.rows[0].roles).toEqual([db.ownerRole]);
   });
 });
 
