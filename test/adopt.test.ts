@@ -6,7 +6,8 @@ import { claimBatch, completeBatch } from '../src/db/queries/outbox.ts';
 import { createLogger } from '../src/log.ts';
 import { adoptTable, AdoptError } from '../src/partitions/adopt.ts';
 import { PartitionRotator } from '../src/partitions/rotator.ts';
-import { asRole, createEmptyDatabase, produce, tenantId } from './support/db.ts';
+import { asRole, createEmptyDatabase, produce, tenantId, waitFor } from './support/db.ts';
+import { createOwnedDatabase, type OwnedDatabase } from './support/owned-db.ts';
 
 let target: Awaited<ReturnType<typeof createEmptyDatabase>>;
 let admin: pg.Client;
@@ -113,5 +114,176 @@ describe('partitions adopt', () => {
     await worker.destroy();
 
     await expect(adoptTable(admin, log, { table: 'capacity_outbox' })).rejects.toThrow(AdoptError);
+  });
+});
+
+describe('the swap pattern adopt relies on (control, repro 19)', () => {
+  it('a write queued behind the swap lock re-resolves the name and lands in the table swapped in (simple and prepared statements)', async () => {
+    await admin.query('DROP TABLE IF EXISTS rv_plain, rv_twin, rv_backup; CREATE TABLE rv_plain (a int); CREATE TABLE rv_twin (a int)');
+    const swapper = new pg.Client(target.url);
+    const writer = new pg.Client(target.url);
+    const prepared = new pg.Client(target.url);
+    await Promise.all([swapper.connect(), writer.connect(), prepared.connect()]);
+    try {
+      // Planned (and cached) before the swap.
+      await prepared.query({ name: 'ins', text: 'INSERT INTO rv_plain VALUES ($1)', values: [0] });
+      await swapper.query('BEGIN');
+      await swapper.query('LOCK rv_plain IN ACCESS EXCLUSIVE MODE');
+      const queued = [writer.query('INSERT INTO rv_plain VALUES (1)'), prepared.query({ name: 'ins', text: 'INSERT INTO rv_plain VALUES ($1)', values: [2] })];
+      await waitFor(async () => (await admin.query(`SELECT count(*)::int AS n FROM pg_locks WHERE NOT granted AND relation = 'rv_plain'::regclass`)).rows[0].n === 2, { what: 'both writes queued' });
+      await swapper.query('ALTER TABLE rv_plain RENAME TO rv_backup');
+      await swapper.query('ALTER TABLE rv_twin RENAME TO rv_plain');
+      await swapper.query('COMMIT');
+      await Promise.all(queued);
+      const { rows } = await admin.query(`SELECT (SELECT array_agg(a ORDER BY a) FROM rv_backup) AS old, (SELECT array_agg(a ORDER BY a) FROM rv_plain) AS new`);
+      expect(rows[0]).toEqual({ old: [0], new: [1, 2] });
+    } finally {
+      await Promise.all([swapper.end(), writer.end(), prepared.end()]);
+      await admin.query('DROP TABLE IF EXISTS rv_plain, rv_twin, rv_backup');
+    }
+  });
+});
+
+describe('partitions adopt is resumable (repro 08), as a non-superuser owner with producers inserting', () => {
+  const plain = async (owner: pg.Client) => {
+    await owner.query(`CREATE TABLE public.capacity_outbox (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), restaurant_id uuid NOT NULL,
+      event_type text NOT NULL, payload jsonb NOT NULL DEFAULT '{}', status text NOT NULL DEFAULT 'pending', created_at timestamptz NOT NULL DEFAULT now())`);
+    await owner.query(`INSERT INTO public.capacity_outbox (restaurant_id, event_type, status, created_at)
+      SELECT gen_random_uuid(), 'legacy', CASE WHEN g % 5 = 0 THEN 'pending' ELSE 'done' END, now() - (g % 400) * interval '1 day'
+      FROM generate_series(1, 3000) g`);
+  };
+
+  /** A producer's business transactions, one event each, until stopped; every failure is kept. */
+  function producerLoop(url: string) {
+    let stop = false;
+    const ids: string[] = [];
+    const errors: string[] = [];
+    const tenant = tenantId();
+    const done = (async () => {
+      const c = new pg.Client(url);
+      await c.connect();
+      try {
+        while (!stop) {
+          try {
+            await c.query('BEGIN');
+            await c.query('SELECT public.set_restaurant_context($1)', [tenant]);
+            const r = await c.query<{ id: string }>(`INSERT INTO capacity_outbox (restaurant_id, event_type) VALUES ($1, 'live') RETURNING id`, [tenant]);
+            await c.query('COMMIT');
+            ids.push(r.rows[0]!.id);
+          } catch (err) {
+            errors.push((err as Error).message);
+            await c.query('ROLLBACK').catch(() => undefined);
+          }
+          await new Promise((r) => setTimeout(r, 2));
+        }
+      } finally {
+        await c.end();
+      }
+    })();
+    return { ids, errors, stop: async () => { stop = true; await done; } };
+  }
+
+  async function verify(db: OwnedDatabase, produced: string[], rowsAtSwap: number) {
+    const { rows } = await db.query(`SELECT (SELECT relkind FROM pg_class WHERE oid = 'public.capacity_outbox'::regclass) AS kind,
+      (SELECT count(*)::int FROM capacity_outbox) AS n, (SELECT count(*)::int FROM capacity_outbox_unpartitioned) AS backup`);
+    // Every row: the history and everything produced before, during and after the swap; the
+    // backup holds exactly what was there at the swap.
+    expect(rows[0]).toEqual({ kind: 'p', n: 3000 + produced.length, backup: rowsAtSwap });
+    const missing = await db.query('SELECT count(*)::int AS n FROM unnest($1::uuid[]) p(id) WHERE NOT EXISTS (SELECT 1 FROM capacity_outbox o WHERE o.id = p.id)', [produced]);
+    expect(missing.rows[0].n).toBe(0);
+    const trig = await db.query(`SELECT tgname FROM pg_trigger WHERE tgrelid = 'public.capacity_outbox'::regclass AND NOT tgisinternal ORDER BY 1`);
+    expect(trig.rows.map((t) => t.tgname)).toEqual([
+      'capacity_outbox_dedupe_delete', 'capacity_outbox_dedupe_insert', 'capacity_outbox_dedupe_reactivate', 'capacity_outbox_dedupe_release', 'capacity_outbox_notify_insert',
+    ]);
+    expect((await db.query(`SELECT count(*)::int AS n FROM pg_proc WHERE proname LIKE 'adopt_sync_%'`)).rows[0].n).toBe(0);
+    const idx = await db.query(`SELECT indexrelid::regclass::text AS name FROM pg_index WHERE indrelid = 'public.capacity_outbox'::regclass ORDER BY 1`);
+    expect(idx.rows.map((r) => r.name)).toEqual(['capacity_outbox_dispatch_idx', 'capacity_outbox_pkey']);
+  }
+
+  for (const failAt of ['inspect', 'twin', 'backfill'] as const) {
+    it(`fails after "${failAt}", and a rerun completes without a failed producer write or a lost event`, async () => {
+      const db = await createOwnedDatabase({ beforeMigrate: plain });
+      const producer = producerLoop(db.producerUrl);
+      const owner = new pg.Client(db.ownerUrl);
+      await owner.connect();
+      let rowsAtSwap = 0;
+      try {
+        await waitFor(() => producer.ids.length > 5, { what: 'producer running' });
+        await expect(
+          adoptTable(owner, log, { table: 'capacity_outbox', batchSize: 700, afterStep: (s) => { if (s === failAt) throw new Error(`injected failure after ${s}`); } }),
+        ).rejects.toThrow(`injected failure after ${failAt}`);
+        const before = producer.ids.length;
+        await waitFor(() => producer.ids.length > before + 5, { what: 'producer still writing between the runs' });
+        const r = await adoptTable(owner, log, { table: 'capacity_outbox', batchSize: 700 });
+        expect(r.resumed).toBe(failAt !== 'inspect');
+        rowsAtSwap = r.rowsAtSwap;
+        const after = producer.ids.length;
+        await waitFor(() => producer.ids.length > after + 5, { what: 'producer writing after the swap' });
+      } finally {
+        await producer.stop();
+        await owner.end();
+      }
+      try {
+        expect(producer.errors).toEqual([]);
+        expect(rowsAtSwap).toBeGreaterThan(3000); // producers wrote during the adopt
+        await verify(db, producer.ids, rowsAtSwap);
+      } finally {
+        await db.drop();
+      }
+    });
+  }
+
+  it('repairs the state the old rerun left (mirror trigger live, twin gone) in one transaction', async () => {
+    const db = await createOwnedDatabase({ beforeMigrate: plain });
+    const owner = new pg.Client(db.ownerUrl);
+    await owner.connect();
+    try {
+      await expect(adoptTable(owner, log, { table: 'capacity_outbox', afterStep: (s) => { if (s === 'twin') throw new Error('stop'); } })).rejects.toThrow('stop');
+      await owner.query('DROP TABLE public.capacity_outbox__partitioned');
+      // This is what producers saw between the old rerun's DROP and its new twin.
+      await expect(produce(db.producerUrl, tenantId(), [{ type: 'x' }])).rejects.toThrow(/capacity_outbox__partitioned/);
+      const r = await adoptTable(owner, log, { table: 'capacity_outbox' });
+      expect(r.resumed).toBe(false);
+      const ids = await produce(db.producerUrl, tenantId(), [{ type: 'after' }]);
+      await verify(db, ids, r.rowsAtSwap);
+      expect(r.rowsAtSwap).toBe(3000);
+    } finally {
+      await owner.end();
+      await db.drop();
+    }
+  });
+
+  it('a swap that times out on its lock is rolled back, and a rerun continues and swaps', async () => {
+    const db = await createOwnedDatabase({ beforeMigrate: plain });
+    const producer = producerLoop(db.producerUrl);
+    const owner = new pg.Client(db.ownerUrl);
+    await owner.connect();
+    const reader = new pg.Client(db.adminUrl);
+    await reader.connect();
+    let rowsAtSwap = 0;
+    try {
+      await reader.query('BEGIN');
+      await reader.query('SELECT count(*) FROM public.capacity_outbox');
+      await expect(adoptTable(owner, log, { table: 'capacity_outbox', lockTimeoutSeconds: 0.3, lockAttempts: 2 })).rejects.toThrow(/swap failed and was rolled back.*lock timeout/);
+      await reader.query('COMMIT');
+      expect((await db.query(`SELECT relkind FROM pg_class WHERE oid = 'public.capacity_outbox'::regclass`)).rows[0].relkind).toBe('r');
+      const before = producer.ids.length;
+      await waitFor(() => producer.ids.length > before + 5, { what: 'producer still writing' });
+      const r = await adoptTable(owner, log, { table: 'capacity_outbox' });
+      expect(r.resumed).toBe(true);
+      expect(r.copiedRows).toBe(0); // the mirror kept the twin current; nothing left to copy
+      rowsAtSwap = r.rowsAtSwap;
+    } finally {
+      await producer.stop();
+      await reader.end();
+      await owner.end();
+    }
+    try {
+      expect(producer.errors).toEqual([]);
+      expect(rowsAtSwap).toBeGreaterThan(3000);
+      await verify(db, producer.ids, rowsAtSwap);
+    } finally {
+      await db.drop();
+    }
   });
 });

@@ -188,7 +188,8 @@ describe('coordination, dry run and safety', () => {
     const r = await runCli(['partitions', 'rotate', '--dry-run'], { DATABASE_URL: db.workerUrl, LOG_LEVEL: 'warn' });
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toContain('plan (dry run, nothing executed)');
-    expect(r.stdout).toMatch(/CREATE TABLE public\.capacity_outbox_p\d{4}_\d{2} PARTITION OF public\.capacity_outbox FOR VALUES FROM/);
+    expect(r.stdout).toMatch(/CREATE TABLE public\.capacity_outbox_p\d{4}_\d{2} \(LIKE public\.capacity_outbox /);
+    expect(r.stdout).toMatch(/ALTER TABLE public\.capacity_outbox ATTACH PARTITION public\.capacity_outbox_p\d{4}_\d{2} FOR VALUES FROM/);
     expect(r.stdout).toContain('default partition held 1 row(s) for 2029-02');
     expect(await catalogSnapshot()).toEqual(before);
   });

@@ -3,7 +3,7 @@ import { EXIT } from '../lifecycle/errors.ts';
 import { createLogger } from '../log.ts';
 import { adoptTable } from '../partitions/adopt.ts';
 import { parseTableRef } from '../partitions/registry.ts';
-import { PartitionRotator, rotationFailed } from '../partitions/rotator.ts';
+import { PartitionRotator, rotationDeferred, rotationFailed } from '../partitions/rotator.ts';
 import { partitionStatus } from '../partitions/status.ts';
 import { withClient, withDatabase } from './connection.ts';
 import { parsePositiveInt } from './parse.ts';
@@ -68,7 +68,9 @@ export async function partitionsStatusCommand(opts: PartitionsOptions, env: Node
 export async function partitionsRotateCommand(opts: PartitionsOptions & { dryRun?: boolean }, env: NodeJS.ProcessEnv = process.env): Promise<number> {
   const config = loadEnvConfig(env);
   const log = createLogger(config.logLevel === 'info' ? 'warn' : config.logLevel);
-  const report = await withDatabase(opts, env, (db) => new PartitionRotator(db, log).runOnce({ table: opts.table, dryRun: opts.dryRun }));
+  const report = await withDatabase(opts, env, (db) =>
+    new PartitionRotator(db, log, undefined, { lockTimeoutMs: config.partitions.lockTimeoutMs }).runOnce({ table: opts.table, dryRun: opts.dryRun }),
+  );
   if (opts.json) printJson(report);
   else if (!report.ran) process.stdout.write('another replica is rotating partitions right now; nothing done (try again in a minute)\n');
   else {
@@ -79,12 +81,15 @@ export async function partitionsRotateCommand(opts: PartitionsOptions & { dryRun
       for (const d of t.defaultRows) lines.push(`  default partition held ${d.rows} row(s) for ${d.month.slice(0, 7)}`);
       for (const b of t.blocked) lines.push(`  BLOCKED: ${b.partition} is past retention but holds ${JSON.stringify(b.blocking)}; deliver or replay those events first`);
       for (const e of t.errors) lines.push(`  FAILED: ${e.step}: ${e.message}`);
+      for (const d of t.deferred) lines.push(`  DEFERRED: ${d.step}: ${d.message}`);
       lines.push(`  runway: ${duration(t.runwaySeconds)}`);
       process.stdout.write(`${lines.join('\n')}\n`);
     }
   }
   if (!report.ran) return EXIT.TEMPFAIL;
-  return rotationFailed(report) ? EXIT.FAILURE : EXIT.OK;
+  if (rotationFailed(report)) return EXIT.FAILURE;
+  // A step that could not take its lock changed nothing and can simply be run again.
+  return rotationDeferred(report) ? EXIT.TEMPFAIL : EXIT.OK;
 }
 
 /** Converts a plain registered table to the partitioned layout online (as the table owner). */

@@ -84,7 +84,7 @@ export function buildProgram(): Command {
     });
   partitions
     .command('rotate')
-    .description('create partitions ahead, empty the default partition, retire expired ones; prints the DDL (exit 1 if a step failed or was blocked)')
+    .description('create partitions ahead, empty the default partition, retire expired ones; prints the DDL (exit 1 if a step failed or was blocked, 75 if deferred: a lock was not available)')
     .option('--table <name>', 'only this registered table')
     .option('--dry-run', 'print the DDL plan; execute nothing')
     .option('--json', 'machine-readable output')

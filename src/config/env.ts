@@ -41,6 +41,7 @@ export const envSchema = z.object({
     }
   }),
   PARTITION_ROTATION: boolVar(true),
+  PARTITION_LOCK_TIMEOUT_MS: intVar(1000, 10, 60_000),
   LOG_LEVEL: enumVar(LOG_LEVELS, 'info'),
 });
 
@@ -77,7 +78,7 @@ export interface EnvConfig {
   backlog: { sampleMs: number; countCap: number };
   allowPrivilegedRole: boolean;
   embedded: { dir: string; port: number };
-  partitions: { rotation: boolean; cron: string };
+  partitions: { rotation: boolean; cron: string; lockTimeoutMs: number };
   logLevel: LogLevel;
 }
 
@@ -125,7 +126,7 @@ export function loadEnvConfig(env: NodeJS.ProcessEnv = process.env): EnvConfig {
     backlog: { sampleMs: e.OUTBOX_BACKLOG_SAMPLE_MS, countCap: e.OUTBOX_BACKLOG_COUNT_CAP },
     allowPrivilegedRole: e.OUTBOX_ALLOW_PRIVILEGED_ROLE,
     embedded: { dir: e.OUTBOX_EMBEDDED_DIR ?? '.data/postgres', port: e.OUTBOX_EMBEDDED_PORT },
-    partitions: { rotation: e.PARTITION_ROTATION, cron: e.PARTITION_CRON ?? DEFAULT_PARTITION_CRON },
+    partitions: { rotation: e.PARTITION_ROTATION, cron: e.PARTITION_CRON ?? DEFAULT_PARTITION_CRON, lockTimeoutMs: e.PARTITION_LOCK_TIMEOUT_MS },
     logLevel: e.LOG_LEVEL,
   };
 }

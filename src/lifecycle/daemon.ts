@@ -109,7 +109,7 @@ export class Daemon {
       this.metrics,
     );
     this.partitions = config.partitions.rotation
-      ? new PartitionMaintenance(this.db, log, new PartitionMetrics(this.metrics.registry), { cron: config.partitions.cron, now: opts.now })
+      ? new PartitionMaintenance(this.db, log, new PartitionMetrics(this.metrics.registry), { cron: config.partitions.cron, now: opts.now, lockTimeoutMs: config.partitions.lockTimeoutMs })
       : undefined;
     this.backlog = config.backlog.sampleMs > 0
       ? new BacklogSampler(this.db, log, this.metrics, { intervalMs: config.backlog.sampleMs, cap: config.backlog.countCap })

@@ -25,11 +25,11 @@ export class PartitionMetrics {
     });
     this.rotationRuns = new Counter({
       name: 'outbox_partition_rotation_runs_total',
-      help: 'Rotation runs by result: ok, failed (a step failed or retirement was blocked), skipped (another replica held the lock).',
+      help: 'Rotation runs by result: ok, failed (a step failed or retirement was blocked), deferred (a DDL step could not take its lock within PARTITION_LOCK_TIMEOUT_MS; retried next run), skipped (another replica held the lock).',
       labelNames: ['result'],
       registers,
     });
-    for (const result of ['ok', 'failed', 'skipped']) this.rotationRuns.inc({ result }, 0);
+    for (const result of ['ok', 'failed', 'deferred', 'skipped']) this.rotationRuns.inc({ result }, 0);
     this.rotationFailures = new Counter({
       name: 'outbox_partition_rotation_failures_total',
       help: 'Rotation steps that failed, by table.',

@@ -1,28 +1,41 @@
 import pg from 'pg';
+import * as cat from '../db/queries/adopt.ts';
 import type { Logger } from '../log.ts';
 import { addMonthsUtc, isoDate, startOfMonthUtc } from './months.ts';
 import { parseTableRef, RegistryError } from './registry.ts';
 
 // Online conversion of a plain table into the monthly-partitioned layout
-// (runbooks/partitions.md, "Adopting a plain table"). Runs as the table owner.
+// (runbooks/partitions.md, "Adopting a plain table"). Runs as the table owner (or a superuser).
 //
-//   1. create the partitioned twin (same columns, defaults, checks; unique keys gain the
-//      partition column) with monthly partitions and a default partition
-//   2. a trigger on the plain table mirrors every insert, update and delete into the twin
-//   3. copy existing rows in primary-key order, in batches (FOR SHARE, ON CONFLICT DO NOTHING)
-//   4. swap in one short transaction: lock, verify counts, rename, carry triggers, policies,
-//      grants and owner over; the plain table stays as <table>_unpartitioned for rollback
+//   inspect  what exists: plain table, twin, mirror trigger; refuse if RLS could hide rows
+//   twin     the partitioned twin (same columns, defaults, checks; unique keys gain the
+//            partition column), its partitions and the mirror trigger, in ONE transaction:
+//            a twin without its trigger, or a trigger without its twin, is never committed
+//   backfill copy existing rows in primary-key order, in batches (FOR SHARE, ON CONFLICT DO NOTHING)
+//   swap     one short transaction: lock, exact counts (RLS cannot hide rows from them), rename,
+//            carry triggers, policies, grants and owner over (every partition too); the plain
+//            table stays as <table>_unpartitioned for rollback
+//
+// Every step is safe to repeat, so a rerun after any failure continues: a twin with its live
+// mirror is kept (its rows are current), a leftover without one is rebuilt, the backfill only
+// adds missing rows, and the swap verifies before it changes anything.
 
 const q = pg.escapeIdentifier;
+
+export type AdoptStep = 'inspect' | 'twin' | 'backfill' | 'swap';
 
 export interface AdoptOptions {
   table: string;
   batchSize?: number;
-  /** Seconds the swap may wait for its lock before giving up (and leaving the sync running). */
+  /** Seconds each DDL step may wait for its lock before giving up and retrying (default 2). */
   lockTimeoutSeconds?: number;
+  /** How often a step that timed out on its lock is retried before adopt gives up (default 5). */
+  lockAttempts?: number;
   now?: () => Date;
   /** Progress lines for the operator. */
   onStep?: (message: string) => void;
+  /** Called when a step has completed (tests inject failures at every boundary here). */
+  afterStep?: (step: AdoptStep) => Promise<void> | void;
 }
 
 export interface AdoptResult {
@@ -31,235 +44,191 @@ export interface AdoptResult {
   rowsAtSwap: number;
   partitions: string[];
   backupTable: string;
+  /** True when an earlier run's twin (with its live mirror) was continued. */
+  resumed: boolean;
 }
 
 export class AdoptError extends Error {
   override name = 'AdoptError';
 }
 
-interface Column {
+interface Plan extends cat.AdoptTarget {
+  schema: string;
   name: string;
-  identity: string;
+  rel: string;
+  twinName: string;
+  twin: string;
+  backupName: string;
+  partCol: string;
+  premake: number;
+  oid: number;
+  cols: cat.Column[];
+  pk: string[];
+  indexes: cat.IndexInfo[];
+  /** The twin exists with its mirror trigger: keep it. */
+  resume: boolean;
 }
 
 export async function adoptTable(client: pg.ClientBase, log: Logger, opts: AdoptOptions): Promise<AdoptResult> {
-  const step = (msg: string) => {
+  const say = (msg: string) => {
     opts.onStep?.(msg);
     log.info({ table: opts.table }, msg);
   };
-  const { table_schema: schema, table_name: name } = parseTableRef(opts.table);
+  const done = async (s: AdoptStep) => opts.afterStep?.(s);
+  const lockMs = Math.round((opts.lockTimeoutSeconds ?? 2) * 1000);
+  const tx = <T>(what: string, work: () => Promise<T>) => inTransaction(client, log, what, lockMs, opts.lockAttempts ?? 5, work);
+
+  const plan = await inspect(client, opts.table);
+  say(plan.resume ? `continuing an earlier adopt: ${plan.schema}.${plan.twinName} exists and is kept in sync` : `adopting ${plan.schema}.${plan.name}`);
+  await done('inspect');
+
+  let partitions: string[];
+  if (plan.resume) {
+    partitions = (await cat.partitionsOf(client, (await cat.relation(client, `${plan.schema}.${plan.twinName}`))!.oid)).map((p) => p.name);
+  } else {
+    say(`creating ${plan.schema}.${plan.twinName} partitioned by month on ${plan.partCol}, and mirroring writes into it`);
+    const months = twinMonths(await cat.firstMonth(client, plan.rel, plan.partCol), (opts.now ?? (() => new Date()))(), plan.premake);
+    partitions = await tx('create the twin', () => cat.createTwin(client, plan, months));
+  }
+  await done('twin');
+
   const batchSize = opts.batchSize ?? 5000;
-  const now = (opts.now ?? (() => new Date()))();
+  say(`copying existing rows in batches of ${batchSize}`);
+  const copied = await backfill(client, plan, batchSize);
+  say(`copied ${copied} rows`);
+  await done('backfill');
+
+  say('swapping in the partitioned table');
+  const rowsAtSwap = await tx('swap', () => swap(client, plan));
+  await done('swap');
+  say(`done: ${plan.schema}.${plan.name} is partitioned; the plain table is kept as ${plan.schema}.${plan.backupName}`);
+  return {
+    table: `${plan.schema}.${plan.name}`,
+    copiedRows: copied,
+    rowsAtSwap,
+    partitions,
+    backupTable: `${plan.schema}.${plan.backupName}`,
+    resumed: plan.resume,
+  };
+}
+
+async function inspect(c: pg.ClientBase, table: string): Promise<Plan> {
+  const { table_schema: schema, table_name: name } = parseTableRef(table);
+  const reg = await cat.registryEntry(c, schema, name);
+  if (!reg) throw new RegistryError(`table ${schema}.${name} is not registered in outbox_dispatcher.managed_partitions; register it first`);
   const rel = `${q(schema)}.${q(name)}`;
   const twinName = `${name}__partitioned`;
-  const twin = `${q(schema)}.${q(twinName)}`;
   const backupName = `${name}_unpartitioned`;
-
-  const reg = await client.query<{ partition_column: string; premake_months: number }>(
-    'SELECT partition_column, premake_months FROM outbox_dispatcher.managed_partitions WHERE table_schema = $1 AND table_name = $2',
-    [schema, name],
-  );
-  if (reg.rowCount === 0) throw new RegistryError(`table ${schema}.${name} is not registered in outbox_dispatcher.managed_partitions; register it first`);
-  const { partition_column: partCol, premake_months: premake } = reg.rows[0]!;
-
-  const kind = await client.query<{ relkind: string; oid: number }>('SELECT relkind, oid FROM pg_class WHERE oid = to_regclass($1)', [`${schema}.${name}`]);
-  if (kind.rowCount === 0) throw new AdoptError(`${schema}.${name} does not exist`);
-  if (kind.rows[0]!.relkind === 'p') throw new AdoptError(`${schema}.${name} is already partitioned; nothing to adopt`);
-  if (kind.rows[0]!.relkind !== 'r') throw new AdoptError(`${schema}.${name} is not a plain table`);
-  const oid = kind.rows[0]!.oid;
-  if ((await client.query('SELECT 1 FROM pg_class WHERE oid = to_regclass($1)', [`${schema}.${backupName}`])).rowCount) {
+  const plain = await cat.relation(c, `${schema}.${name}`);
+  if (!plain) throw new AdoptError(`${schema}.${name} does not exist`);
+  if (plain.relkind === 'p') throw new AdoptError(`${schema}.${name} is already partitioned; nothing to adopt`);
+  if (plain.relkind !== 'r') throw new AdoptError(`${schema}.${name} is not a plain table`);
+  if (await cat.relation(c, `${schema}.${backupName}`)) {
     throw new AdoptError(`${schema}.${backupName} already exists (an earlier adopt's backup); drop or rename it first`);
   }
-
-  const cols = (
-    await client.query<Column>(
-      'SELECT attname AS name, attidentity AS identity FROM pg_attribute WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum',
-      [oid],
-    )
-  ).rows;
-  if (!cols.some((c) => c.name === partCol)) throw new AdoptError(`${schema}.${name} has no column ${partCol}`);
-  if (cols.some((c) => c.identity !== '')) throw new AdoptError(`${schema}.${name} has identity columns, which adopt does not carry over; convert them to sequences first`);
-  const pk = (
-    await client.query<{ col: string }>(
-      `SELECT a.attname AS col FROM pg_index i JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(attnum, ord) ON true
-       JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-       WHERE i.indrelid = $1 AND i.indisprimary ORDER BY k.ord`,
-      [oid],
-    )
-  ).rows.map((r) => r.col);
+  // A count that RLS filters would let every later check pass on zero rows: refuse up front.
+  if (await cat.rlsMayHideRows(c, plain.oid)) {
+    throw new AdoptError(
+      `row-level security may hide rows of ${schema}.${name} from ${await cat.currentUser(c)}; nothing changed. ` +
+        `Run "outbox-dispatcher migrate" (migration 0005 gives the table owner a policy that sees every row) and run adopt as the table owner (${plain.owner}) or a superuser`,
+    );
+  }
+  const cols = await cat.columns(c, plain.oid);
+  if (!cols.some((x) => x.name === reg.partition_column)) throw new AdoptError(`${schema}.${name} has no column ${reg.partition_column}`);
+  if (cols.some((x) => x.identity !== '')) throw new AdoptError(`${schema}.${name} has identity columns, which adopt does not carry over; convert them to sequences first`);
+  const pk = await cat.primaryKey(c, plain.oid);
   if (pk.length === 0) throw new AdoptError(`${schema}.${name} has no primary key; adopt copies in primary-key order`);
-  const nulls = await client.query(`SELECT 1 FROM ${rel} WHERE ${q(partCol)} IS NULL LIMIT 1`);
-  if (nulls.rowCount) throw new AdoptError(`${schema}.${name}.${partCol} has NULLs, which no partition can hold`);
-
-  // What must be carried over at the swap, captured while the names still point at the plain table.
-  const triggers = (
-    await client.query<{ def: string }>('SELECT pg_get_triggerdef(oid) AS def FROM pg_trigger WHERE tgrelid = $1 AND NOT tgisinternal', [oid])
-  ).rows.map((r) => r.def);
-  const policies = (
-    await client.query<{ def: string }>(
-      `SELECT format('CREATE POLICY %I ON %s AS %s FOR %s TO %s%s%s', p.polname, $2::text,
-                     CASE WHEN p.polpermissive THEN 'PERMISSIVE' ELSE 'RESTRICTIVE' END,
-                     CASE p.polcmd WHEN 'r' THEN 'SELECT' WHEN 'a' THEN 'INSERT' WHEN 'w' THEN 'UPDATE' WHEN 'd' THEN 'DELETE' ELSE 'ALL' END,
-                     (SELECT string_agg(CASE WHEN r = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(r)) END, ', ') FROM unnest(p.polroles) r),
-                     CASE WHEN p.polqual IS NULL THEN '' ELSE ' USING (' || pg_get_expr(p.polqual, p.polrelid) || ')' END,
-                     CASE WHEN p.polwithcheck IS NULL THEN '' ELSE ' WITH CHECK (' || pg_get_expr(p.polwithcheck, p.polrelid) || ')' END) AS def
-       FROM pg_policy p WHERE p.polrelid = $1`,
-      [oid, rel],
-    )
-  ).rows.map((r) => r.def);
-  const rls = (await client.query<{ on: boolean; forced: boolean; owner: string }>(
-    'SELECT relrowsecurity AS on, relforcerowsecurity AS forced, pg_get_userbyid(relowner) AS owner FROM pg_class WHERE oid = $1',
-    [oid],
-  )).rows[0]!;
-  const grants = (
-    await client.query<{ def: string }>(
-      `SELECT format('GRANT %s ON %s TO %s', a.privilege_type, $2::text, CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END) AS def
-       FROM pg_class c, aclexplode(c.relacl) a WHERE c.oid = $1 AND a.grantee <> c.relowner
-       UNION ALL
-       SELECT format('GRANT %s (%I) ON %s TO %s', a.privilege_type, att.attname, $2::text, CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END)
-       FROM pg_attribute att, aclexplode(att.attacl) a WHERE att.attrelid = $1 AND att.attnum > 0 AND NOT att.attisdropped`,
-      [oid, rel],
-    )
-  ).rows.map((r) => r.def);
-  const indexes = (
-    await client.query<{ name: string; def: string; unique: boolean; primary: boolean; cols: string[] | null; expression: boolean }>(
-      `SELECT c.relname AS name, pg_get_indexdef(i.indexrelid) AS def, i.indisunique AS unique, i.indisprimary AS primary,
-              (i.indexprs IS NOT NULL OR i.indpred IS NOT NULL) AS expression,
-              (SELECT array_agg(a.attname::text ORDER BY k.ord) FROM unnest(i.indkey) WITH ORDINALITY k(attnum, ord)
-                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum) AS cols
-       FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = $1`,
-      [oid],
-    )
-  ).rows;
-  const ownedSequences = (
-    await client.query<{ seq: string; col: string }>(
-      `SELECT d.objid::regclass::text AS seq, a.attname AS col FROM pg_depend d
-       JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
-       JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
-       WHERE d.refobjid = $1 AND d.classid = 'pg_class'::regclass AND d.deptype = 'a'`,
-      [oid],
-    )
-  ).rows;
-
+  if (await cat.hasNulls(c, rel, reg.partition_column)) throw new AdoptError(`${schema}.${name}.${reg.partition_column} has NULLs, which no partition can hold`);
+  const indexes = await cat.indexes(c, plain.oid);
   const odd = indexes.find((ix) => ix.unique && ix.expression);
   if (odd) throw new AdoptError(`unique index ${odd.name} has expressions or a predicate; adopt cannot add the partition column to it (drop or rewrite it first)`);
 
-  // 1. The twin and its partitions.
-  step(`creating ${schema}.${twinName} partitioned by month on ${partCol}`);
-  await client.query(`DROP TABLE IF EXISTS ${twin}`);
-  await client.query(
-    `CREATE TABLE ${twin} (LIKE ${rel} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING GENERATED INCLUDING STORAGE INCLUDING COMMENTS)
-     PARTITION BY RANGE (${q(partCol)})`,
-  );
-  const twinIndexNames: { from: string; to: string }[] = [];
-  for (const [i, ix] of indexes.entries()) {
-    const tmpName = `${name}__adopt_ix${i}`;
-    twinIndexNames.push({ from: tmpName, to: ix.name });
-    if (ix.unique && ix.cols) {
-      const keyCols = ix.cols.includes(partCol) ? ix.cols : [...ix.cols, partCol];
-      const list = keyCols.map(q).join(', ');
-      if (ix.primary) await client.query(`ALTER TABLE ${twin} ADD CONSTRAINT ${q(tmpName)} PRIMARY KEY (${list})`);
-      else await client.query(`CREATE UNIQUE INDEX ${q(tmpName)} ON ${twin} (${list})`);
-    } else {
-      // Same definition, new name, on the twin: "CREATE INDEX name ON schema.table USING ..."
-      const def = ix.def.replace(/^CREATE (UNIQUE )?INDEX \S+ ON (ONLY )?\S+/, `CREATE $1INDEX ${q(tmpName)} ON ${twin}`);
-      if (def === ix.def) throw new AdoptError(`cannot rewrite index definition: ${ix.def}`);
-      await client.query(def);
+  const twin = await cat.relation(c, `${schema}.${twinName}`);
+  const mirrored = await cat.hasMirrorTrigger(c, plain.oid);
+  let resume = false;
+  if (twin && mirrored) {
+    const key = await cat.partitionKey(c, twin.oid);
+    if (twin.relkind !== 'p' || key?.replaceAll('"', '') !== `RANGE (${reg.partition_column})`) {
+      throw new AdoptError(`${schema}.${twinName} exists but is not partitioned by range on ${reg.partition_column}; it is not adopt's twin: rename or drop it first`);
     }
+    resume = true;
   }
-  const first = await client.query<{ m: Date | null }>(`SELECT date_trunc('month', min(${q(partCol)}) AT TIME ZONE 'UTC') AS m FROM ${rel}`);
-  const from = first.rows[0]!.m ? startOfMonthUtc(new Date(`${isoDate(first.rows[0]!.m)}T00:00:00Z`)) : startOfMonthUtc(now);
+  return {
+    schema, name, rel, twinName, twin: `${q(schema)}.${q(twinName)}`, backupName,
+    partCol: reg.partition_column, premake: reg.premake_months, oid: plain.oid, cols, pk, indexes, resume,
+  };
+}
+
+/** Months from the oldest row's (or this) month through this month + premake, UTC. */
+function twinMonths(first: Date | null, now: Date, premake: number): { from: string; to: string }[] {
+  const start = first ? startOfMonthUtc(new Date(`${isoDate(first)}T00:00:00Z`)) : startOfMonthUtc(now);
   const until = addMonthsUtc(startOfMonthUtc(now), premake);
-  const partitions: string[] = [];
-  for (let m = from; m <= until; m = addMonthsUtc(m, 1)) {
-    const part = (await client.query<{ n: string }>('SELECT outbox_dispatcher.monthly_partition_name($1, $2::date) AS n', [name, isoDate(m)])).rows[0]!.n;
-    await client.query(
-      `CREATE TABLE ${q(schema)}.${q(part)} PARTITION OF ${twin} FOR VALUES FROM (${pg.escapeLiteral(`${isoDate(m)} 00:00:00+00`)}) TO (${pg.escapeLiteral(`${isoDate(addMonthsUtc(m, 1))} 00:00:00+00`)})`,
-    );
-    partitions.push(part);
-  }
-  await client.query(`CREATE TABLE ${q(schema)}.${q(`${name}_default`)} PARTITION OF ${twin} DEFAULT`);
-  partitions.push(`${name}_default`);
+  const out: { from: string; to: string }[] = [];
+  for (let m = start; m <= until; m = addMonthsUtc(m, 1)) out.push({ from: isoDate(m), to: isoDate(addMonthsUtc(m, 1)) });
+  return out;
+}
 
-  // 2. Mirror writes while the copy runs.
-  step('mirroring writes on the plain table into the twin');
-  const keyCols = pk.includes(partCol) ? pk : [...pk, partCol];
-  const colList = cols.map((c) => q(c.name)).join(', ');
-  const fn = `outbox_dispatcher.${q(`adopt_sync_${name}`)}`;
-  await client.query(`
-    CREATE OR REPLACE FUNCTION ${fn}() RETURNS trigger LANGUAGE plpgsql
-    -- Producers and workers write the plain table; only the owner may write the twin.
-    SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
-    BEGIN
-      IF TG_OP IN ('UPDATE', 'DELETE') THEN
-        DELETE FROM ${twin} WHERE ${keyCols.map((c) => `${q(c)} = OLD.${q(c)}`).join(' AND ')};
-      END IF;
-      IF TG_OP IN ('INSERT', 'UPDATE') THEN
-        INSERT INTO ${twin} (${colList}) SELECT ${cols.map((c) => `NEW.${q(c.name)}`).join(', ')} ON CONFLICT DO NOTHING;
-      END IF;
-      RETURN NULL;
-    END
-    $fn$`);
-  await client.query(`DROP TRIGGER IF EXISTS outbox_adopt_sync ON ${rel}`);
-  await client.query(`REVOKE ALL ON FUNCTION ${fn}() FROM PUBLIC`);
-  await client.query(`CREATE TRIGGER outbox_adopt_sync AFTER INSERT OR UPDATE OR DELETE ON ${rel} FOR EACH ROW EXECUTE FUNCTION ${fn}()`);
-
-  // 3. Backfill in primary-key order. FOR SHARE makes a concurrent delete or update wait for
-  //    the batch, so the mirror trigger then sees (and fixes) the copied row.
-  step(`copying existing rows in batches of ${batchSize}`);
-  // Let this session lose deadlocks against application traffic (needs superuser; best effort).
-  await client.query("SET deadlock_timeout = '100ms'").catch(() => undefined);
+async function backfill(c: pg.ClientBase, p: Plan, batchSize: number): Promise<number> {
+  await cat.preferLosingDeadlocks(c);
   let copied = 0;
   let cursor: unknown[] | undefined;
-  const pkList = pk.map(q).join(', ');
   for (;;) {
-    const after = cursor ? `WHERE (${pkList}) > (${pk.map((_, i) => `$${i + 1}`).join(', ')})` : '';
-    const res = await retryOnConflict(() => client.query<Record<string, unknown>>(
-      `WITH batch AS (SELECT ${colList} FROM ${rel} ${after} ORDER BY ${pkList} LIMIT ${batchSize} FOR SHARE),
-            ins AS (INSERT INTO ${twin} (${colList}) SELECT ${colList} FROM batch ON CONFLICT DO NOTHING RETURNING 1)
-       SELECT (SELECT count(*) FROM batch)::int AS seen, (SELECT count(*) FROM ins)::int AS inserted,
-              (SELECT row_to_json(b) FROM (SELECT ${pkList} FROM batch ORDER BY ${pk.map((c) => `${q(c)} DESC`).join(', ')} LIMIT 1) b) AS last`,
-      cursor ?? [],
-    ));
-    const row = res.rows[0]!;
+    const row = await retryOnConflict(() => cat.copyBatch(c, p.rel, p.twin, p.cols, p.pk, batchSize, cursor));
     copied += Number(row.inserted);
     if (Number(row.seen) < batchSize || !row.last) break;
-    const last = row.last as Record<string, unknown>;
-    cursor = pk.map((c) => last[c]);
+    const last = row.last;
+    cursor = p.pk.map((k) => last[k]);
   }
-  step(`copied ${copied} rows`);
+  return copied;
+}
 
-  // 4. Swap.
-  step('swapping in the partitioned table');
-  await client.query('BEGIN');
+/** Verifies and swaps; returns the rows at the swap. Runs inside one transaction. */
+async function swap(c: pg.ClientBase, p: Plan): Promise<number> {
+  await cat.lockExclusive(c, p.rel);
+  const twin = await cat.relation(c, `${p.schema}.${p.twinName}`);
+  if (!twin || !(await cat.hasMirrorTrigger(c, p.oid))) {
+    throw new AdoptError(`${p.schema}.${p.twinName} or its mirror trigger disappeared during adopt; nothing swapped (rerun adopt)`);
+  }
+  const keep = await cat.carriedOver(c, p.oid, p.rel);
+  let counts: { plain: number; twin: number };
   try {
-    await client.query(`SET LOCAL lock_timeout = '${Math.round((opts.lockTimeoutSeconds ?? 10) * 1000)}ms'`);
-    await client.query(`LOCK TABLE ${rel} IN ACCESS EXCLUSIVE MODE`);
-    const counts = await client.query<{ plain: string; twin: string }>(`SELECT (SELECT count(*) FROM ${rel}) AS plain, (SELECT count(*) FROM ${twin}) AS twin`);
-    const { plain, twin: inTwin } = counts.rows[0]!;
-    if (plain !== inTwin) throw new AdoptError(`row counts differ after copy (plain ${plain}, partitioned ${inTwin}); nothing swapped`);
-    await client.query(`DROP TRIGGER outbox_adopt_sync ON ${rel}`);
-    await client.query(`DROP FUNCTION ${fn}()`);
-    await client.query(`ALTER TABLE ${rel} RENAME TO ${q(backupName)}`);
-    for (const ix of indexes) await client.query(`ALTER INDEX ${q(schema)}.${q(ix.name)} RENAME TO ${q(`${ix.name.slice(0, 50)}_unpart`)}`);
-    await client.query(`ALTER TABLE ${twin} RENAME TO ${q(name)}`);
-    for (const r of twinIndexNames) await client.query(`ALTER INDEX ${q(schema)}.${q(r.from)} RENAME TO ${q(r.to)}`);
-    for (const s of ownedSequences) await client.query(`ALTER SEQUENCE ${s.seq} OWNED BY ${rel}.${q(s.col)}`);
-    for (const def of triggers) await client.query(def);
-    if (rls.on) await client.query(`ALTER TABLE ${rel} ENABLE ROW LEVEL SECURITY`);
-    if (rls.forced) await client.query(`ALTER TABLE ${rel} FORCE ROW LEVEL SECURITY`);
-    for (const def of policies) await client.query(def);
-    await client.query(`REVOKE ALL ON ${rel} FROM PUBLIC`);
-    for (const def of grants) await client.query(def);
-    await client.query(`ALTER TABLE ${rel} OWNER TO ${q(rls.owner)}`);
-    // The backup must not keep firing the outbox's triggers if someone writes to it by mistake.
-    await client.query(`ALTER TABLE ${q(schema)}.${q(backupName)} DISABLE TRIGGER USER`);
-    await client.query('COMMIT');
-    step(`done: ${schema}.${name} is partitioned; the plain table is kept as ${schema}.${backupName}`);
-    return { table: `${schema}.${name}`, copiedRows: copied, rowsAtSwap: Number(plain), partitions, backupTable: `${schema}.${backupName}` };
+    counts = await cat.exactCounts(c, p.rel, p.twin, keep.security.forced);
   } catch (err) {
-    await client.query('ROLLBACK').catch(() => undefined);
-    throw err instanceof AdoptError ? err : new AdoptError(`swap failed and was rolled back (the mirror keeps running; rerun adopt): ${(err as Error).message}`, { cause: err });
+    if ((err as { code?: string }).code === '42501') {
+      throw new AdoptError(`cannot count every row of ${p.schema}.${p.name} (${(err as Error).message}); run adopt as the table owner or a superuser; nothing swapped`, { cause: err });
+    }
+    throw err;
+  }
+  if (counts.plain !== counts.twin) {
+    throw new AdoptError(`row counts differ after copy (plain ${counts.plain}, partitioned ${counts.twin}); nothing swapped (rerun adopt: the copy resumes)`);
+  }
+  await cat.swapIn(c, p, twin.oid, keep);
+  return counts.plain;
+}
+
+/**
+ * Runs `work` in a transaction whose locks wait at most `lockMs`; a lock timeout rolls back
+ * and is retried a few times (producers queue behind a waiting lock request, so waiting long
+ * once is worse than trying briefly several times).
+ */
+async function inTransaction<T>(c: pg.ClientBase, log: Logger, what: string, lockMs: number, attempts: number, work: () => Promise<T>): Promise<T> {
+  for (let i = 1; ; i++) {
+    try {
+      await cat.begin(c, lockMs);
+      const out = await work();
+      await cat.commit(c);
+      return out;
+    } catch (err) {
+      await cat.rollback(c);
+      const code = (err as { code?: string }).code;
+      if ((code === '55P03' || code === '40P01') && i < attempts) {
+        log.warn({ step: what, attempt: i }, `adopt: ${what} could not take its lock within ${lockMs} ms; retrying`);
+        await new Promise((r) => setTimeout(r, Math.min(5000, 250 * 2 ** i)));
+        continue;
+      }
+      if (err instanceof AdoptError) throw err;
+      throw new AdoptError(`${what} failed and was rolled back (rerun adopt to continue): ${(err as Error).message}`, { cause: err });
+    }
   }
 }
 

@@ -11,6 +11,8 @@ export interface MaintenanceOptions {
   /** node-cron expression, evaluated in UTC. */
   cron: string;
   now?: () => Date;
+  /** lock_timeout of each DDL transaction (PARTITION_LOCK_TIMEOUT_MS). */
+  lockTimeoutMs?: number;
 }
 
 /**
@@ -33,7 +35,7 @@ export class PartitionMaintenance implements Service {
     this.#log = log.child({ component: 'partition-maintenance' });
     this.#metrics = metrics;
     this.#opts = opts;
-    this.#rotator = new PartitionRotator(db, log, opts.now);
+    this.#rotator = new PartitionRotator(db, log, opts.now, { lockTimeoutMs: opts.lockTimeoutMs });
   }
 
   async start(): Promise<void> {
@@ -65,15 +67,17 @@ export class PartitionMaintenance implements Service {
       return report;
     }
     let failed = false;
+    let deferred = false;
     for (const t of report.tables) {
       if (t.errors.length > 0) this.#metrics.rotationFailures.inc({ table: t.table }, t.errors.length);
-      else this.#metrics.lastSuccess.set({ table: t.table }, report.at.getTime() / 1000);
+      else if (t.deferred.length === 0) this.#metrics.lastSuccess.set({ table: t.table }, report.at.getTime() / 1000);
+      deferred ||= t.deferred.length > 0;
       this.#metrics.retirementBlocked.set({ table: t.table }, t.blocked.length);
       this.#metrics.defaultRows.set({ table: t.table }, t.defaultRows.reduce((a, d) => a + d.rows, 0));
       this.#metrics.setLastPartitionEnd(t.table, t.lastPartitionEnd);
       failed ||= t.errors.length > 0 || t.blocked.length > 0;
     }
-    this.#metrics.rotationRuns.inc({ result: failed ? 'failed' : 'ok' });
+    this.#metrics.rotationRuns.inc({ result: failed ? 'failed' : deferred ? 'deferred' : 'ok' });
     return report;
   }
 

@@ -5,8 +5,10 @@ import {
   createMonthlyPartition,
   defaultPartitionRows,
   ensureDefaultPartition,
+  lockHolders,
   partitionReport,
   retirePartition,
+  withLockTimeout,
   type PartitionRow,
 } from '../db/queries/partitions.ts';
 import type { Logger } from '../log.ts';
@@ -15,6 +17,16 @@ import { loadRegistry, qualifiedName, type ManagedTable } from './registry.ts';
 
 /** Session advisory lock: one rotator at a time across every replica. */
 const ROTATION_LOCK = "hashtext('outbox_dispatcher.partition_rotation')";
+
+/** How long one DDL statement may wait for its lock (producers queue behind a waiting one). */
+export const DEFAULT_PARTITION_LOCK_TIMEOUT_MS = 1000;
+
+export interface RotatorOptions {
+  /** lock_timeout of every DDL transaction (default 1000 ms). */
+  lockTimeoutMs?: number;
+  /** Tries per DDL step within one run before it is deferred to the next run (default 3). */
+  lockAttempts?: number;
+}
 
 export interface TableRotation {
   table: string;
@@ -27,6 +39,8 @@ export interface TableRotation {
   /** Partitions past retention that still hold undelivered events. */
   blocked: { partition: string; blocking: Record<string, number> }[];
   errors: { step: string; message: string }[];
+  /** DDL steps that could not take their lock in time; nothing changed, retried next run. */
+  deferred: { step: string; message: string }[];
   /** End of the last monthly partition after this run. */
   lastPartitionEnd: Date | null;
   runwaySeconds: number | null;
@@ -44,6 +58,12 @@ export function rotationFailed(report: RotationReport): boolean {
   return report.tables.some((t) => t.errors.length > 0 || t.blocked.length > 0);
 }
 
+export function rotationDeferred(report: RotationReport): boolean {
+  return report.tables.some((t) => t.deferred.length > 0);
+}
+
+const LOCK_CONFLICT = new Set(['55P03', '40P01']); // lock_not_available, deadlock_detected
+
 /**
  * Keeps monthly partitions `premake` months ahead, empties the default partition into
  * proper partitions, and retires partitions past retention unless they hold undelivered
@@ -53,11 +73,15 @@ export class PartitionRotator {
   readonly #db: Kysely<Database>;
   readonly #log: Logger;
   readonly #now: () => Date;
+  readonly #lockTimeoutMs: number;
+  readonly #lockAttempts: number;
 
-  constructor(db: Kysely<Database>, log: Logger, now: () => Date = () => new Date()) {
+  constructor(db: Kysely<Database>, log: Logger, now: () => Date = () => new Date(), opts: RotatorOptions = {}) {
     this.#db = db;
     this.#log = log.child({ component: 'partition-rotator' });
     this.#now = now;
+    this.#lockTimeoutMs = opts.lockTimeoutMs ?? DEFAULT_PARTITION_LOCK_TIMEOUT_MS;
+    this.#lockAttempts = opts.lockAttempts ?? 3;
   }
 
   async runOnce(opts: { table?: string; dryRun?: boolean } = {}): Promise<RotationReport> {
@@ -90,6 +114,7 @@ export class PartitionRotator {
       retired: [],
       blocked: [],
       errors: [],
+      deferred: [],
       lastPartitionEnd: null,
       runwaySeconds: null,
     };
@@ -97,13 +122,33 @@ export class PartitionRotator {
       try {
         await fn();
       } catch (err) {
+        if (LOCK_CONFLICT.has((err as { code?: string }).code ?? '')) {
+          const holders = await lockHolders(db, table).catch(() => []);
+          const by = holders.length === 0 ? '' : `; held by ${holders.slice(0, 5).map((h) => `pid ${h.pid} (${h.mode} on ${h.relation}${h.xact_seconds === null ? '' : `, transaction open ${h.xact_seconds}s`})`).join(', ')}`;
+          const message = `could not take its lock within ${this.#lockTimeoutMs} ms in ${this.#lockAttempts} tries${by}; nothing changed, retried on the next run`;
+          out.deferred.push({ step: name, message });
+          this.#log.warn({ table, step: name, holders }, `partition rotation step deferred: ${message}`);
+          return;
+        }
         out.errors.push({ step: name, message: (err as Error).message });
         this.#log.error({ table, step: name, err }, 'partition rotation step failed');
       }
     };
+    // DDL in its own short-lock transaction; a lock conflict is retried a few times, briefly,
+    // letting queued producers through in between, before the step is deferred.
+    const ddl = async <T>(fn: (trx: Kysely<Database>) => Promise<T>): Promise<T> => {
+      for (let attempt = 1; ; attempt++) {
+        try {
+          return await withLockTimeout(db, this.#lockTimeoutMs, fn);
+        } catch (err) {
+          if (attempt >= this.#lockAttempts || !LOCK_CONFLICT.has((err as { code?: string }).code ?? '')) throw err;
+          await new Promise((r) => setTimeout(r, 100 * attempt + Math.random() * 200));
+        }
+      }
+    };
 
     await step('ensure default partition', async () => {
-      out.statements.push(...(await ensureDefaultPartition(db, table, dryRun)));
+      out.statements.push(...(await ddl((trx) => ensureDefaultPartition(trx, table, dryRun))));
     });
     await step('inspect default partition', async () => {
       out.defaultRows = await defaultPartitionRows(db, table);
@@ -119,7 +164,7 @@ export class PartitionRotator {
     for (const d of out.defaultRows) months.add(d.month);
     for (const month of [...months].sort()) {
       await step(`create partition for ${month}`, async () => {
-        const stmts = await createMonthlyPartition(db, table, month, dryRun);
+        const stmts = await ddl((trx) => createMonthlyPartition(trx, table, month, dryRun));
         if (stmts.length > 0) {
           out.statements.push(...stmts);
           out.created.push(month);
@@ -135,7 +180,7 @@ export class PartitionRotator {
     const cutoff = addMonthsUtc(first, -t.retention_months);
     for (const p of report.filter((r) => !r.is_default && r.upper_bound && r.upper_bound <= cutoff)) {
       await step(`retire ${p.partition_name}`, async () => {
-        const r = await retirePartition(db, table, p.partition_name, now, dryRun);
+        const r = await ddl((trx) => retirePartition(trx, table, p.partition_name, now, dryRun));
         if (r.result === 'blocked') {
           out.blocked.push({ partition: p.partition_name, blocking: r.blocking ?? {} });
           this.#log.error({ table, partition: p.partition_name, blocking: r.blocking }, 'retention blocked: partition past its window still holds undelivered events');

@@ -87,6 +87,9 @@ export default async function setup(project: TestProject) {
       [`t\\_${process.pid}\\_%`],
     );
     for (const r of rows) await admin.query(`DROP DATABASE IF EXISTS "${r.datname}" WITH (FORCE)`).catch(() => undefined);
+    // Owner roles of test/support/owned-db.ts whose files failed before their own cleanup.
+    const roles = await admin.query<{ rolname: string }>('SELECT rolname FROM pg_roles WHERE rolname LIKE $1', [`t\\_owner\\_${process.pid}\\_%`]);
+    for (const r of roles.rows) await admin.query(`DROP ROLE IF EXISTS "${r.rolname}"`).catch(() => undefined);
     await admin.end();
     await stop();
   };

@@ -50,3 +50,29 @@ export async function retirePartition(db: Kysely<Database>, table: string, parti
     SELECT outbox_dispatcher.partition_retire(${table}, ${partition}, ${now}, ${dryRun}) AS r`.execute(db);
   return rows[0]!.r;
 }
+
+/**
+ * Runs `work` in its own transaction whose lock waits are bounded by `lockTimeoutMs`
+ * (SET LOCAL): DDL that cannot get its lock quickly fails with 55P03 instead of queueing
+ * every producer and claim behind its pending ACCESS EXCLUSIVE request.
+ */
+export async function withLockTimeout<T>(db: Kysely<Database>, lockTimeoutMs: number, work: (trx: Kysely<Database>) => Promise<T>): Promise<T> {
+  return db.transaction().execute(async (trx) => {
+    await sql`SELECT set_config('lock_timeout', ${`${Math.max(1, Math.round(lockTimeoutMs))}ms`}, true)`.execute(trx);
+    return work(trx);
+  });
+}
+
+/** Sessions holding a lock on the table or one of its partitions (for the deferral report). */
+export async function lockHolders(db: Kysely<Database>, table: string): Promise<{ pid: number; mode: string; relation: string; xact_seconds: number | null }[]> {
+  const { rows } = await sql<{ pid: number; mode: string; relation: string; xact_seconds: number | null }>`
+    SELECT l.pid, l.mode, l.relation::regclass::text AS relation,
+           round(extract(epoch FROM now() - a.xact_start))::int AS xact_seconds
+    FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+    WHERE l.granted AND l.locktype = 'relation' AND l.pid <> pg_backend_pid()
+      AND (l.relation = to_regclass(${table})
+           OR l.relation IN (SELECT inhrelid FROM pg_inherits WHERE inhparent = to_regclass(${table})))
+    ORDER BY a.xact_start NULLS LAST, l.pid
+    LIMIT 20`.execute(db);
+  return rows;
+}
