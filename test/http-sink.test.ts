@@ -29,7 +29,7 @@ afterAll(async () => {
 });
 
 function sink(opts: { timeoutMs?: number; secret?: string; url?: string } = {}) {
-  return new HttpSink('hook', { type: 'http', url: opts.url ?? receiver.url, timeoutMs: opts.timeoutMs ?? 2000, headers: { 'x-team': 'ops' } }, opts.secret);
+  return new HttpSink('hook', { type: 'http', url: opts.url ?? receiver.url, timeoutMs: opts.timeoutMs ?? 2000, headers: { 'x-team': 'ops' }, retryStatuses: [] }, opts.secret);
 }
 
 describe('HTTP sink', () => {

@@ -5,7 +5,7 @@ import { createTestDatabase, produce, tenantId, waitFor, type TestDatabase } fro
 import { recordingSink, startDaemon } from './support/daemon.ts';
 import { startReceiver } from './support/http-receiver.ts';
 
-const policy = { maxAttempts: 5, backoffBaseMs: 1000, backoffMaxMs: 60_000 };
+const policy = { maxAttempts: 5, backoffBaseMs: 1000, backoffMaxMs: 60_000, retryHorizonMs: 0 };
 
 describe('retry policy', () => {
   it('uses exponential backoff with full jitter, capped', () => {
@@ -17,16 +17,16 @@ describe('retry policy', () => {
   });
 
   it('maps failures to retry, dead (permanent or exhausted) and release (shutdown)', () => {
-    expect(outcomeForFailure(new RetryableDispatchError('HTTP 503'), 1, policy, () => 0.5)).toEqual({ kind: 'retry', delayMs: 500, error: 'HTTP 503' });
-    expect(outcomeForFailure(new Error('boom'), 5, policy)).toEqual({ kind: 'dead', error: 'exhausted 5/5 attempts: boom', reason: 'exhausted' });
-    expect(outcomeForFailure(new PermanentDispatchError('HTTP 400'), 1, policy)).toEqual({ kind: 'dead', error: 'permanent: HTTP 400', reason: 'permanent' });
-    expect(outcomeForFailure(new DispatchAbortedError('x'), 1, policy)).toEqual({ kind: 'release' });
+    expect(outcomeForFailure(new RetryableDispatchError('HTTP 503'), { attempt: 1, ageMs: 0 }, policy, () => 0.5)).toEqual({ kind: 'retry', delayMs: 500, error: 'HTTP 503' });
+    expect(outcomeForFailure(new Error('boom'), { attempt: 5, ageMs: 0 }, policy)).toEqual({ kind: 'dead', error: 'exhausted 5/5 attempts: boom', reason: 'exhausted' });
+    expect(outcomeForFailure(new PermanentDispatchError('HTTP 400'), { attempt: 1, ageMs: 0 }, policy)).toEqual({ kind: 'dead', error: 'permanent: HTTP 400', reason: 'permanent' });
+    expect(outcomeForFailure(new DispatchAbortedError('x'), { attempt: 1, ageMs: 0 }, policy)).toEqual({ kind: 'release' });
   });
 
   it('honours Retry-After when longer than the backoff, within a ceiling', () => {
-    expect(outcomeForFailure(new RetryableDispatchError('429', { retryAfterMs: 120_000 }), 1, policy, () => 0.5)).toMatchObject({ delayMs: 120_000 });
-    expect(outcomeForFailure(new RetryableDispatchError('429', { retryAfterMs: 10 }), 1, policy, () => 0.5)).toMatchObject({ delayMs: 500 });
-    expect(outcomeForFailure(new RetryableDispatchError('429', { retryAfterMs: 1e12 }), 1, policy, () => 0)).toMatchObject({ delayMs: RETRY_AFTER_CEILING_MS });
+    expect(outcomeForFailure(new RetryableDispatchError('429', { retryAfterMs: 120_000 }), { attempt: 1, ageMs: 0 }, policy, () => 0.5)).toMatchObject({ delayMs: 120_000 });
+    expect(outcomeForFailure(new RetryableDispatchError('429', { retryAfterMs: 10 }), { attempt: 1, ageMs: 0 }, policy, () => 0.5)).toMatchObject({ delayMs: 500 });
+    expect(outcomeForFailure(new RetryableDispatchError('429', { retryAfterMs: 1e12 }), { attempt: 1, ageMs: 0 }, policy, () => 0)).toMatchObject({ delayMs: RETRY_AFTER_CEILING_MS });
   });
 });
 
@@ -48,7 +48,7 @@ describe('retry, dead-lettering and bad input in the running dispatcher', () => 
     receiver.setResponder(() => ({ status: 503, body: 'try later' }));
     const t = tenantId();
     const [id] = await produce(db.producerUrl, t, [{ type: 'hook.fail' }]);
-    const daemon = await startDaemon(db, { routes: httpRoutes(), env: { OUTBOX_MAX_ATTEMPTS: '4', OUTBOX_BACKOFF_BASE_MS: '100', OUTBOX_BACKOFF_MAX_MS: '300' } });
+    const daemon = await startDaemon(db, { routes: httpRoutes(), env: { OUTBOX_MAX_ATTEMPTS: '4', OUTBOX_RETRY_HORIZON_MS: '0', OUTBOX_BACKOFF_BASE_MS: '100', OUTBOX_BACKOFF_MAX_MS: '300' } });
     try {
       const row = await waitFor(async () => (await db.query("SELECT * FROM capacity_outbox WHERE id = $1 AND status = 'dead'", [id])).rows[0], { what: 'dead letter' });
       expect(row.attempts).toBe(4);

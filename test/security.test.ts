@@ -66,6 +66,7 @@ describe('security', () => {
       OUTBOX_BACKOFF_BASE_MS: '50',
       OUTBOX_BACKOFF_MAX_MS: '100',
       OUTBOX_MAX_ATTEMPTS: '2',
+      OUTBOX_RETRY_HORIZON_MS: '0',
     });
     try {
       await worker.waitForLog((l) => l.msg === 'outbox dispatcher running');

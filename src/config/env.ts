@@ -1,6 +1,7 @@
 import os from 'node:os';
 import cron from 'node-cron';
 import { z } from 'zod';
+import { safeText } from '../db/text.ts';
 import { ConfigError } from './errors.ts';
 import { boolVar, enumVar, intVar, postgresUrlVar, stringVar } from './env-schema.ts';
 
@@ -21,6 +22,10 @@ export const envSchema = z.object({
   OUTBOX_MAX_ATTEMPTS: intVar(10, 1, 1000),
   OUTBOX_BACKOFF_BASE_MS: intVar(1000, 1, 3_600_000),
   OUTBOX_BACKOFF_MAX_MS: intVar(300_000, 1, 86_400_000),
+  OUTBOX_RETRY_HORIZON_MS: intVar(86_400_000, 0, 2_592_000_000),
+  OUTBOX_CIRCUIT_FAILURE_THRESHOLD: intVar(5, 0, 100_000),
+  OUTBOX_CIRCUIT_OPEN_MS: intVar(30_000, 100, 3_600_000),
+  OUTBOX_CIRCUIT_HALF_OPEN_PROBES: intVar(1, 1, 1000),
   OUTBOX_SHUTDOWN_GRACE_MS: intVar(25_000, 0, 600_000),
   OUTBOX_RESCUE_INTERVAL_MS: intVar(5000, 100, 600_000),
   OUTBOX_POOL_SIZE: intVar(4, 2, 200),
@@ -59,9 +64,21 @@ export interface DispatchSettings {
   maxAttempts: number;
   backoffBaseMs: number;
   backoffMaxMs: number;
+  /** See RetryPolicy.retryHorizonMs (ADR 0007). */
+  retryHorizonMs: number;
   shutdownGraceMs: number;
   rescueIntervalMs: number;
   maxPayloadBytes: number;
+}
+
+/** The per-sink circuit breaker (src/dispatch/circuit-breaker.ts, ADR 0007). */
+export interface CircuitSettings {
+  /** Consecutive retryable failures that open a sink's circuit; 0 disables the breaker. */
+  failureThreshold: number;
+  /** How long an open circuit holds its events before half-open probes. */
+  openMs: number;
+  /** Real sends allowed at once while half-open. */
+  halfOpenProbes: number;
 }
 
 export interface EnvConfig {
@@ -71,6 +88,7 @@ export interface EnvConfig {
   routesSource: string | undefined;
   metrics: { port: number; host: string };
   dispatch: DispatchSettings;
+  circuit: CircuitSettings;
   poolSize: number;
   /** Database timeouts of the daemon's pool (ADR 0009). */
   db: { statementTimeoutMs: number; idleInTransactionTimeoutMs: number; connectTimeoutMs: number; keepAliveInitialDelayMs: number };
@@ -96,7 +114,11 @@ export function loadEnvConfig(env: NodeJS.ProcessEnv = process.env): EnvConfig {
       `must be at least OUTBOX_BACKOFF_BASE_MS (${e.OUTBOX_BACKOFF_BASE_MS}), got ${e.OUTBOX_BACKOFF_MAX_MS}`,
     );
   }
-  const workerId = e.OUTBOX_WORKER_ID ?? `${os.hostname()}-${process.pid}`;
+  // The worker id is written to locked_by: only text the database always accepts.
+  if (e.OUTBOX_WORKER_ID !== undefined && e.OUTBOX_WORKER_ID !== safeText(e.OUTBOX_WORKER_ID)) {
+    throw new ConfigError('OUTBOX_WORKER_ID', 'must not contain control characters or invalid Unicode');
+  }
+  const workerId = e.OUTBOX_WORKER_ID ?? safeText(`${os.hostname()}-${process.pid}`, 200);
   if (workerId.length > 200) throw new ConfigError('OUTBOX_WORKER_ID', 'must be at most 200 characters');
   return {
     databaseUrl: e.DATABASE_URL,
@@ -112,9 +134,15 @@ export function loadEnvConfig(env: NodeJS.ProcessEnv = process.env): EnvConfig {
       maxAttempts: e.OUTBOX_MAX_ATTEMPTS,
       backoffBaseMs: e.OUTBOX_BACKOFF_BASE_MS,
       backoffMaxMs: e.OUTBOX_BACKOFF_MAX_MS,
+      retryHorizonMs: e.OUTBOX_RETRY_HORIZON_MS,
       shutdownGraceMs: e.OUTBOX_SHUTDOWN_GRACE_MS,
       rescueIntervalMs: e.OUTBOX_RESCUE_INTERVAL_MS,
       maxPayloadBytes: e.OUTBOX_MAX_PAYLOAD_BYTES,
+    },
+    circuit: {
+      failureThreshold: e.OUTBOX_CIRCUIT_FAILURE_THRESHOLD,
+      openMs: e.OUTBOX_CIRCUIT_OPEN_MS,
+      halfOpenProbes: e.OUTBOX_CIRCUIT_HALF_OPEN_PROBES,
     },
     poolSize: e.OUTBOX_POOL_SIZE,
     db: {

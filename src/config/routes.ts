@@ -3,6 +3,7 @@ import path from 'node:path';
 import YAML from 'yaml';
 import { z } from 'zod';
 import { ConfigError } from './errors.ts';
+import { maxTimeoutForLease, timeoutFitsLease } from './lease.ts';
 
 const ROUTES_KEY = 'OUTBOX_ROUTES';
 
@@ -22,8 +23,17 @@ const httpSinkSchema = z
       .url()
       .refine((u) => /^https?:\/\//i.test(u), 'must be an http:// or https:// URL'),
     timeoutMs: z.number().int().min(1).max(600_000).default(5000),
-    headers: z.record(z.string().regex(/^[A-Za-z0-9-]{1,128}$/, 'invalid header name'), z.string()).default({}),
+    headers: z
+      .record(
+        z.string().regex(/^[A-Za-z0-9-]{1,128}$/, 'invalid header name'),
+        // Node refuses CR/LF and non-Latin-1 at send time (every send would fail); other
+        // non-ASCII is mangled on the wire. The value is not echoed: it may be a secret.
+        z.string().max(8192).regex(/^[\t\x20-\x7e]*$/, 'header value must be printable ASCII (no newline, control or non-ASCII character)'),
+      )
+      .default({}),
     hmacSecretEnv: z.string().regex(ENV_NAME, 'must name an environment variable (A-Z, 0-9, _)').optional(),
+    /** 4xx statuses this receiver uses for passing trouble (e.g. 401 during a key rotation, 404 during a deploy): retried, not dead-lettered. */
+    retryStatuses: z.array(z.number().int().min(400).max(499)).max(100).default([]),
   })
   .strict();
 
@@ -155,10 +165,11 @@ export function compileRoutes(file: RoutesFile, leaseMs: number): Route[] {
     const name = route.sink.name ?? (file.routes.filter((r) => r.sink.type === route.sink.type).length > 1 ? `${route.sink.type}-${i}` : route.sink.type);
     if (names.has(name)) throw new ConfigError(ROUTES_KEY, `routes[${i}].sink.name: duplicate sink name ${JSON.stringify(name)}`);
     names.add(name);
-    if ('timeoutMs' in route.sink && route.sink.timeoutMs >= leaseMs) {
+    if ('timeoutMs' in route.sink && !timeoutFitsLease(route.sink.timeoutMs, leaseMs)) {
       throw new ConfigError(
         ROUTES_KEY,
-        `routes[${i}].sink.timeoutMs (${route.sink.timeoutMs}) must be below OUTBOX_LEASE_MS (${leaseMs}) so a lease outlives every call`,
+        `routes[${i}].sink.timeoutMs (${route.sink.timeoutMs}) must be at most ${maxTimeoutForLease(leaseMs)} with OUTBOX_LEASE_MS=${leaseMs}: ` +
+          'a call plus the safety margin (min(1000 ms, lease/10)) at each end must fit in the lease; raise OUTBOX_LEASE_MS or lower timeoutMs',
       );
     }
     return { match: route.match, regex: compilePattern(route.match), sinkName: name, sink: route.sink };

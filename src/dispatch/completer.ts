@@ -1,5 +1,6 @@
 import type { Kysely } from 'kysely';
-import { completeBatch, type Completion } from '../db/queries/outbox.ts';
+import { isDataError, sqlState } from '../db/errors.ts';
+import { completeBatch, type Completion, type Outcome } from '../db/queries/outbox.ts';
 import type { Database } from '../db/schema.ts';
 import type { Logger } from '../log.ts';
 import type { DispatcherMetrics } from '../metrics/metrics.ts';
@@ -20,9 +21,10 @@ export interface CompleterOptions {
 
 /**
  * Buffers outcomes and writes them in batches: one UPDATE per batch instead of
- * one per event. A failed write keeps the batch and retries with backoff; if the
- * process dies first, the leases expire and the events are delivered again
- * (at-least-once), never lost.
+ * one per event. A write that fails for a transient reason keeps the batch and retries
+ * with backoff; one refused for its data is split so a single bad outcome cannot wedge
+ * the rest (see #write). If the process dies first, the leases expire and the events
+ * are delivered again (at-least-once), never lost.
  */
 export class Completer implements Service {
   readonly name = 'completer';
@@ -90,24 +92,74 @@ export class Completer implements Service {
     while (this.#buffer.length > 0) {
       const batch = this.#buffer.slice(0, this.#maxBatch);
       try {
-        const applied = await completeBatch(this.#db, this.#workerId, batch);
-        this.#buffer.splice(0, batch.length);
+        await this.#write(batch);
         this.#failures = 0;
         this.#heartbeat?.beat();
-        const lost = batch.length - applied.size;
-        if (lost > 0) {
-          this.#metrics.leaseLost.inc(lost);
-          this.#log.warn(
-            { lost, ids: batch.filter((c) => !applied.has(c.id)).map((c) => c.id).slice(0, 20) },
-            'outcomes not written: lease expired and the events were re-claimed (they will be delivered again)',
-          );
-        }
       } catch (err) {
         this.#failures++;
         this.#metrics.completionFlushErrors.inc();
         this.#log.error({ err, buffered: this.#buffer.length, failures: this.#failures }, 'writing outcomes failed; will retry');
         return;
       }
+    }
+  }
+
+  /**
+   * Writes `batch`. A statement refused for its values (a data error) is never sent again
+   * as is: the batch is split in halves until the refused outcome is alone, which is then
+   * written with a safe error text instead. Any other failure (connection, timeout) is
+   * thrown with the unwritten outcomes still buffered, to be retried with backoff.
+   */
+  async #write(batch: Completion[]): Promise<void> {
+    let applied: Set<string>;
+    try {
+      applied = await completeBatch(this.#db, this.#workerId, batch);
+    } catch (err) {
+      if (!isDataError(err)) throw err;
+      if (batch.length > 1) {
+        const mid = Math.ceil(batch.length / 2);
+        await this.#write(batch.slice(0, mid));
+        await this.#write(batch.slice(mid));
+        return;
+      }
+      await this.#writeRefused(batch[0]!, err);
+      return;
+    }
+    this.#settle(batch, applied);
+  }
+
+  async #writeRefused(item: Completion, err: unknown): Promise<void> {
+    const state = sqlState(err);
+    const fallback: Completion = { ...item, outcome: withSafeError(item.outcome, state) };
+    this.#log.error({ err, eventId: item.id, outcome: item.outcome.kind }, 'the database refused an outcome; writing it with a safe error text');
+    try {
+      this.#settle([item], await completeBatch(this.#db, this.#workerId, [fallback]));
+      this.#metrics.completionsRefused.inc({ result: 'rewritten' });
+    } catch (err2) {
+      if (!isDataError(err2)) throw err2;
+      // Nothing left to change: drop it. Its lease expires and the rescuer returns the
+      // event to pending, so it is delivered again, never lost and never wedging the rest.
+      this.#settle([item], new Set([item.id]));
+      this.#metrics.completionsRefused.inc({ result: 'dropped' });
+      this.#log.error({ err: err2, eventId: item.id }, 'outcome dropped: refused even with a safe error; the event is redelivered after its lease');
+    }
+  }
+
+  /** Removes written outcomes from the buffer and reports those whose lease was lost. */
+  #settle(batch: Completion[], applied: Set<string>): void {
+    const head = this.#buffer.length >= batch.length && batch.every((c, i) => this.#buffer[i] === c);
+    if (head) this.#buffer.splice(0, batch.length);
+    else {
+      const done = new Set(batch);
+      this.#buffer = this.#buffer.filter((c) => !done.has(c));
+    }
+    const lost = batch.filter((c) => !applied.has(c.id));
+    if (lost.length > 0) {
+      this.#metrics.leaseLost.inc(lost.length);
+      this.#log.warn(
+        { lost: lost.length, ids: lost.map((c) => c.id).slice(0, 20) },
+        'outcomes not written: lease expired and the events were re-claimed (they will be delivered again)',
+      );
     }
   }
 
@@ -129,4 +181,10 @@ export class Completer implements Service {
       );
     }
   }
+}
+
+/** The same outcome with an error text that cannot be refused (plain ASCII, no input). */
+function withSafeError(outcome: Outcome, state: string | undefined): Outcome {
+  if (!('error' in outcome)) return outcome;
+  return { ...outcome, error: `the error text of this outcome was refused by the database (SQLSTATE ${state ?? 'unknown'}) and was dropped` };
 }

@@ -12,6 +12,9 @@ import type { Sink } from '../sinks/types.ts';
 import type { TenantScope } from '../tenancy/scope.ts';
 import type { Completer } from './completer.ts';
 import { checkEvent } from './event.ts';
+import type { SinkCircuits } from './circuit-breaker.ts';
+import { sendFitsInLease } from '../config/lease.ts';
+import { RetryableDispatchError, DispatchAbortedError } from './errors.ts';
 import { outcomeForFailure } from './retry-policy.ts';
 import { Wakeup } from './wakeup.ts';
 
@@ -26,6 +29,8 @@ export interface DispatcherDeps {
   settings: DispatchSettings;
   /** Beaten once per loop round; progress only while claims succeed (/healthz). */
   heartbeat?: Heartbeat;
+  /** Per-sink circuit breakers; without it every event is sent. */
+  circuits?: SinkCircuits;
 }
 
 export type DispatcherState = 'idle' | 'running' | 'draining' | 'stopped';
@@ -149,11 +154,20 @@ export class Dispatcher implements Service {
     if (!route) return finish({ kind: 'dead', error: `unrouted: no route in OUTBOX_ROUTES matches event type ${row.event_type}`, reason: 'unrouted' });
     const sink = sinks.get(route.sinkName)!;
 
-    // Never start a call the lease cannot cover: another worker could claim the event mid-call.
-    const margin = Math.min(1000, settings.leaseMs / 10);
-    if (Date.now() + sink.timeoutMs + margin > leaseDeadline) {
+    // Never start a call the lease cannot cover: another worker could claim the event
+    // mid-call. The same rule validated the sink's timeout at startup (config/lease.ts).
+    if (!sendFitsInLease(sink.timeoutMs, settings.leaseMs, Date.now() - (leaseDeadline - settings.leaseMs))) {
       metrics.eventsReleased.inc({ reason: 'lease_at_risk' });
       return finish({ kind: 'release' }, sink.name);
+    }
+
+    // While the sink's circuit is open its events wait, unattempted (the claim's attempt
+    // is given back), instead of spending their retry budget on a sink that is down.
+    const breaker = this.#d.circuits?.for(sink.name);
+    const admission = breaker?.admit() ?? { send: true as const, probe: false };
+    if (!admission.send) {
+      metrics.eventsReleased.inc({ reason: 'circuit_open' });
+      return finish({ kind: 'release', delayMs: admission.retryInMs }, sink.name);
     }
 
     const endTimer = metrics.dispatchDuration.startTimer({ sink: sink.name });
@@ -164,9 +178,18 @@ export class Dispatcher implements Service {
         withTenant: (work) => this.#d.tenantScope.run(row.restaurant_id, work),
       });
       outcome = { kind: 'done' };
+      breaker?.record({ ok: true }, admission.probe);
     } catch (err) {
-      outcome = outcomeForFailure(err, attempt, settings);
+      outcome = outcomeForFailure(err, { attempt, ageMs: Date.now() - row.created_at.getTime() }, settings);
       if (outcome.kind === 'release') metrics.eventsReleased.inc({ reason: 'shutdown' });
+      breaker?.record(
+        err instanceof DispatchAbortedError
+          ? { aborted: true }
+          : outcome.kind === 'dead' && outcome.reason === 'permanent'
+            ? { ok: true }
+            : { ok: false, retryAfterMs: err instanceof RetryableDispatchError ? err.retryAfterMs : undefined },
+        admission.probe,
+      );
     }
     endTimer();
     finish(outcome, sink.name);

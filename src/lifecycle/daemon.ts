@@ -1,11 +1,12 @@
 import { sql, type Kysely } from 'kysely';
 import type pg from 'pg';
-import type { EnvConfig } from '../config/env.ts';
+import type { CircuitSettings, EnvConfig } from '../config/env.ts';
 import type { Route } from '../config/routes.ts';
 import { BACKGROUND_ROLE, clientQueryTimeoutMs, createKysely, createPool } from '../db/pool.ts';
 import type { Database } from '../db/schema.ts';
 import { Completer } from '../dispatch/completer.ts';
 import { Dispatcher } from '../dispatch/dispatcher.ts';
+import { CIRCUIT_STATE_VALUE, SinkCircuits } from '../dispatch/circuit-breaker.ts';
 import { LeaseRescuer } from '../dispatch/rescuer.ts';
 import { NotifyListener } from '../listener/notify-listener.ts';
 import type { Logger } from '../log.ts';
@@ -60,6 +61,19 @@ export class Daemon {
   readonly #log: Logger;
   #stopping: Promise<void> | undefined;
 
+  #circuits(settings: CircuitSettings, sinkNames: Iterable<string>): SinkCircuits {
+    const circuits = new SinkCircuits(settings, (sink, state) => {
+      this.metrics.circuitState.set({ sink }, CIRCUIT_STATE_VALUE[state]);
+      this.metrics.circuitTransitions.inc({ sink, state });
+      const fields = { sink, state, openMs: settings.openMs };
+      if (state === 'open') this.#log.warn(fields, 'sink circuit opened: its events wait without spending attempts until a probe succeeds');
+      else this.#log.info(fields, state === 'closed' ? 'sink circuit closed: sending again' : 'sink circuit half-open: probing');
+    });
+    // Every sink's series exists from the start (0 = closed), so alerts see it.
+    for (const sink of sinkNames) this.metrics.circuitState.set({ sink }, CIRCUIT_STATE_VALUE.closed);
+    return circuits;
+  }
+
   constructor(opts: DaemonOptions) {
     this.#opts = opts;
     const { config, log } = opts;
@@ -92,6 +106,7 @@ export class Daemon {
       tenantScope: new TenantScope(this.db),
       settings: d,
       heartbeat: claimBeat,
+      circuits: this.#circuits(config.circuit, opts.sinks.keys()),
     });
     this.rescuer = new LeaseRescuer(this.db, log, this.metrics, {
       intervalMs: d.rescueIntervalMs,

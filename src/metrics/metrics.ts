@@ -22,6 +22,9 @@ export class DispatcherMetrics {
   readonly leaseRescued: Counter<'result'>;
   readonly leaseLost: Counter;
   readonly completionFlushErrors: Counter;
+  readonly completionsRefused: Counter<'result'>;
+  readonly circuitState: Gauge<'sink'>;
+  readonly circuitTransitions: Counter<'sink' | 'state'>;
   readonly listenerConnected: Gauge;
   readonly listenerReconnects: Counter;
   readonly backlog: Gauge<'status'>;
@@ -103,6 +106,24 @@ export class DispatcherMetrics {
     this.completionFlushErrors = new Counter({
       name: 'outbox_completion_flush_errors_total',
       help: 'Failed writes of a batch of outcomes (retried; the batch is kept).',
+      registers: r,
+    });
+    this.completionsRefused = new Counter({
+      name: 'outbox_completions_refused_total',
+      help: 'Outcomes the database refused for their data (SQLSTATE class 22/23), by result: rewritten with a safe error, or dropped (redelivered after the lease).',
+      labelNames: ['result'],
+      registers: r,
+    });
+    this.circuitState = new Gauge({
+      name: 'outbox_sink_circuit_state',
+      help: "Each sink's circuit breaker: 0 closed (sending), 1 half-open (probing), 2 open (not sending; its events wait without spending attempts).",
+      labelNames: ['sink'],
+      registers: r,
+    });
+    this.circuitTransitions = new Counter({
+      name: 'outbox_sink_circuit_transitions_total',
+      help: "Circuit breaker state changes per sink, by the state entered (closed, half_open, open).",
+      labelNames: ['sink', 'state'],
       registers: r,
     });
     this.listenerConnected = new Gauge({

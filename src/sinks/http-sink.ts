@@ -53,6 +53,7 @@ export class HttpSink implements Sink {
   readonly #secret: string | undefined;
   readonly #agent: http.Agent;
   readonly #request: typeof http.request;
+  readonly #retryStatuses: ReadonlySet<number>;
 
   constructor(name: string, config: HttpSinkConfig, secret: string | undefined) {
     this.name = name;
@@ -60,6 +61,7 @@ export class HttpSink implements Sink {
     this.#url = new URL(config.url);
     this.#headers = config.headers;
     this.#secret = secret;
+    this.#retryStatuses = new Set(config.retryStatuses ?? []);
     const secure = this.#url.protocol === 'https:';
     const agentOptions = { keepAlive: true, keepAliveMsecs: 1000, maxSockets: 256, maxFreeSockets: 64, scheduling: 'lifo' as const };
     this.#agent = secure ? new https.Agent(agentOptions) : new http.Agent(agentOptions);
@@ -95,7 +97,7 @@ export class HttpSink implements Sink {
     }
     if (answer.status >= 200 && answer.status < 300) return;
     const message = `HTTP ${answer.status}${answer.snippet ? `: ${answer.snippet}` : ''}`;
-    if (isRetryableStatus(answer.status)) {
+    if (isRetryableStatus(answer.status) || this.#retryStatuses.has(answer.status)) {
       throw new RetryableDispatchError(message, { retryAfterMs: parseRetryAfter(answer.retryAfter ?? null) });
     }
     throw new PermanentDispatchError(message);

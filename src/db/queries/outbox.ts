@@ -1,5 +1,6 @@
 import { sql, type Kysely, type QueryCreator } from 'kysely';
 import type { Database, OutboxStatus } from '../schema.ts';
+import { safeText } from '../text.ts';
 
 // The hot-path queries of the dispatcher: claim, complete, rescue. Each is one
 // statement; none holds a transaction open beyond itself.
@@ -86,8 +87,11 @@ export type Outcome =
   | { kind: 'done' }
   | { kind: 'retry'; delayMs: number; error: string }
   | { kind: 'dead'; error: string; reason: DeadReason }
-  /** Not attempted (shutdown, lease too short): back to pending, attempt not counted. */
-  | { kind: 'release' };
+  /**
+   * Not attempted (shutdown, lease too short, sink circuit open): back to pending, the
+   * claim's attempt not counted, due again after delayMs (default now).
+   */
+  | { kind: 'release'; delayMs?: number };
 
 export interface Completion {
   id: string;
@@ -114,8 +118,10 @@ export async function completeBatch(db: Kysely<Database>, workerId: string, item
   const createdAt = items.map((c) => c.createdAtKey);
   const attempts = items.map((c) => c.attempt);
   const statuses = items.map((c) => STATUS_OF[c.outcome.kind]);
-  const delays = items.map((c) => (c.outcome.kind === 'retry' ? Math.max(0, Math.round(c.outcome.delayMs)) : 0));
-  const errors = items.map((c) => ('error' in c.outcome ? c.outcome.error.slice(0, 4000) : null));
+  const delays = items.map((c) => ('delayMs' in c.outcome ? Math.max(0, Math.round(c.outcome.delayMs ?? 0)) : 0));
+  // Error texts come from sinks (response bodies, exception messages): sanitised here,
+  // the one place outcomes are written, so no writer can forget it.
+  const errors = items.map((c) => ('error' in c.outcome ? safeText(c.outcome.error) : null));
   const released = items.map((c) => c.outcome.kind === 'release');
   // unnest() over parallel arrays has no Kysely builder; this is the one raw statement.
   const result = await sql<{ id: string }>`

@@ -1,0 +1,131 @@
+import type { CircuitSettings } from '../config/env.ts';
+
+// A circuit breaker per sink, so a sink outage turns into waiting, not into spent
+// attempts and dead letters (ADR 0007). It lives in one process: each replica learns
+// about an outage from its own sends, which costs at most `failureThreshold` failed
+// attempts per replica per outage.
+
+export type CircuitState = 'closed' | 'half_open' | 'open';
+
+/** The gauge value of each state (outbox_sink_circuit_state). */
+export const CIRCUIT_STATE_VALUE: Record<CircuitState, number> = { closed: 0, half_open: 1, open: 2 };
+
+export type Admission =
+  /** Send it; `probe` when it is one of the half-open trial sends. */
+  | { send: true; probe: boolean }
+  /** Do not send: release the event unattempted, due again in `retryInMs`. */
+  | { send: false; retryInMs: number };
+
+/** How a send ended, as far as the sink's health is concerned. */
+export type SendResult =
+  /** Delivered, or refused for the event's own sake (e.g. HTTP 400): the sink answered. */
+  | { ok: true }
+  /** The sink failed (5xx, 429, timeout, network); `retryAfterMs` when it asked for a pause. */
+  | { ok: false; retryAfterMs?: number | undefined }
+  /** Cut short by shutdown: says nothing about the sink. */
+  | { aborted: true };
+
+/** A Retry-After longer than this does not hold a whole sink (the event's own delay obeys it). */
+const MAX_RETRY_AFTER_OPEN_MS = 600_000;
+
+export class CircuitBreaker {
+  readonly sink: string;
+  readonly #settings: CircuitSettings;
+  readonly #onChange: (state: CircuitState) => void;
+  readonly #now: () => number;
+  readonly #random: () => number;
+  #state: CircuitState = 'closed';
+  #consecutiveFailures = 0;
+  #openUntil = 0;
+  #probesInFlight = 0;
+
+  constructor(
+    sink: string,
+    settings: CircuitSettings,
+    opts: { onChange?: (state: CircuitState) => void; now?: () => number; random?: () => number } = {},
+  ) {
+    this.sink = sink;
+    this.#settings = settings;
+    this.#onChange = opts.onChange ?? (() => {});
+    this.#now = opts.now ?? Date.now;
+    this.#random = opts.random ?? Math.random;
+  }
+
+  get state(): CircuitState {
+    return this.#state;
+  }
+
+  /** Asked before each send. Every `{ send: true }` must be followed by one record(). */
+  admit(): Admission {
+    if (this.#settings.failureThreshold === 0) return { send: true, probe: false };
+    if (this.#state === 'open') {
+      const remaining = this.#openUntil - this.#now();
+      // Held events come back spread over one open interval after the next probe, so a
+      // large backlog is claimed about once per interval, not in a hot claim/release loop.
+      if (remaining > 0) return { send: false, retryInMs: remaining + this.#spread() };
+      this.#enter('half_open');
+    }
+    if (this.#state === 'half_open') {
+      if (this.#probesInFlight >= this.#settings.halfOpenProbes) return { send: false, retryInMs: this.#spread() };
+      this.#probesInFlight++;
+      return { send: true, probe: true };
+    }
+    return { send: true, probe: false };
+  }
+
+  record(result: SendResult, probe: boolean): void {
+    if (this.#settings.failureThreshold === 0) return;
+    if (probe) this.#probesInFlight = Math.max(0, this.#probesInFlight - 1);
+    if ('aborted' in result) return;
+    if (result.ok) {
+      this.#consecutiveFailures = 0;
+      // A success that started before the circuit opened proves little; a probe's does.
+      if (probe && this.#state === 'half_open') this.#enter('closed');
+      return;
+    }
+    this.#consecutiveFailures++;
+    const pause = Math.max(this.#settings.openMs, Math.min(result.retryAfterMs ?? 0, MAX_RETRY_AFTER_OPEN_MS));
+    if (probe && this.#state === 'half_open') {
+      this.#open(pause);
+    } else if (this.#state === 'closed' && this.#consecutiveFailures >= this.#settings.failureThreshold) {
+      this.#open(pause);
+    }
+  }
+
+  #open(forMs: number): void {
+    this.#openUntil = this.#now() + forMs;
+    this.#enter('open');
+  }
+
+  #spread(): number {
+    return Math.floor(this.#random() * this.#settings.openMs);
+  }
+
+  #enter(state: CircuitState): void {
+    if (state === this.#state) return;
+    this.#state = state;
+    if (state === 'closed') this.#consecutiveFailures = 0;
+    this.#onChange(state);
+  }
+}
+
+/** One breaker per sink name, created on first use, reporting state changes. */
+export class SinkCircuits {
+  readonly #settings: CircuitSettings;
+  readonly #onChange: (sink: string, state: CircuitState) => void;
+  readonly #breakers = new Map<string, CircuitBreaker>();
+
+  constructor(settings: CircuitSettings, onChange: (sink: string, state: CircuitState) => void = () => {}) {
+    this.#settings = settings;
+    this.#onChange = onChange;
+  }
+
+  for(sink: string): CircuitBreaker {
+    let b = this.#breakers.get(sink);
+    if (!b) {
+      b = new CircuitBreaker(sink, this.#settings, { onChange: (state) => this.#onChange(sink, state) });
+      this.#breakers.set(sink, b);
+    }
+    return b;
+  }
+}
