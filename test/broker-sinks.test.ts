@@ -1,6 +1,7 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import amqp from 'amqplib';
@@ -11,7 +12,7 @@ import { parseRoutes } from '../src/config/routes.ts';
 import { DispatchAbortedError, RetryableDispatchError } from '../src/dispatch/errors.ts';
 import type { OutboxEvent } from '../src/dispatch/event.ts';
 import { NatsSink } from '../src/sinks/nats-sink.ts';
-import { RabbitMqSink } from '../src/sinks/rabbitmq-sink.ts';
+import { RabbitMqSink, withHeartbeat } from '../src/sinks/rabbitmq-sink.ts';
 import type { SinkContext } from '../src/sinks/types.ts';
 import { createTestDatabase, produce, statusCounts, tenantId, waitFor, type TestDatabase } from './support/db.ts';
 import { startDaemon } from './support/daemon.ts';
@@ -35,7 +36,8 @@ const event = (over: Partial<OutboxEvent> = {}): OutboxEvent => ({
   ...over,
 });
 const natsConfig = (subject: string, servers = NATS) => parseRoutes({ routes: [{ match: '*', sink: { type: 'nats', servers, subject, timeoutMs: 2000 } }] }).routes[0]!.sink as never;
-const rabbitConfig = (routingKey: string, exchange: string, url = AMQP) => parseRoutes({ routes: [{ match: '*', sink: { type: 'rabbitmq', url, exchange, routingKey, timeoutMs: 2000 } }] }).routes[0]!.sink as never;
+const rabbitConfig = (routingKey: string, exchange: string, url = AMQP, extra: { mandatory?: boolean; timeoutMs?: number } = {}) =>
+  parseRoutes({ routes: [{ match: '*', sink: { type: 'rabbitmq', url, exchange, routingKey, timeoutMs: 2000, ...extra } }] }).routes[0]!.sink as never;
 
 describe('NATS JetStream sink', () => {
   const prefix = `outbox_test_${crypto.randomBytes(4).toString('hex')}`;
@@ -160,6 +162,70 @@ describe('RabbitMQ sink', () => {
     ch = await conn.createChannel();
     await ch.purgeQueue(queue);
   }, 60_000);
+
+  it('fails a message no queue takes (mandatory) with the reason, unless the route opts out', async () => {
+    const sink = new RabbitMqSink('rabbit', rabbitConfig('nobody.{eventType}', exchange));
+    const toNoQueue = new RabbitMqSink('rabbit', rabbitConfig(`${exchange}_no_such_queue`, ''));
+    const optOut = new RabbitMqSink('rabbit', rabbitConfig('nobody.{eventType}', exchange, AMQP, { mandatory: false }));
+    try {
+      // The exchange exists, but no binding matches nobody.*: the broker returns it.
+      const err = await sink.send(event(), ctx()).then(() => undefined, (e: unknown) => e);
+      expect(err).toBeInstanceOf(RetryableDispatchError);
+      expect((err as Error).message).toMatch(/returned the message as unroutable \(312 NO_ROUTE\): no queue is bound for outbox_test_\w+\/nobody\.booking\.created/);
+      await expect(toNoQueue.send(event(), ctx())).rejects.toThrow(/unroutable \(312 NO_ROUTE\)/);
+      // The same channel still delivers routable messages afterwards.
+      const ok = new RabbitMqSink('rabbit', rabbitConfig('booking.after_return', exchange));
+      await ok.send(event(), ctx());
+      await ok.close();
+      // Explicit opt-out: the broker drops it and the send counts as delivered.
+      await expect(optOut.send(event(), ctx())).resolves.toBeUndefined();
+    } finally {
+      await Promise.all([sink.close(), toNoQueue.close(), optOut.close()]);
+    }
+    const msg = await waitFor(async () => (await ch.get(queue, { noAck: true })) || undefined);
+    expect(msg.fields.routingKey).toBe('booking.after_return');
+  });
+
+  it('replaces a half-open connection: a confirm timeout resets it and the next send uses a fresh one', async () => {
+    // A TCP proxy whose existing connections can be frozen (bytes silently dropped both ways),
+    // as a dead NAT entry or a crashed peer looks to the client.
+    const frozen = new Set<net.Socket>();
+    const live: net.Socket[] = [];
+    const proxy = net.createServer((client) => {
+      const server = net.connect(5672, '127.0.0.1');
+      live.push(client);
+      client.on('data', (d) => { if (!frozen.has(client)) server.write(d); });
+      server.on('data', (d) => { if (!frozen.has(client)) client.write(d); });
+      client.on('error', () => undefined);
+      server.on('error', () => undefined);
+      client.on('close', () => server.destroy());
+      server.on('close', () => client.destroy());
+    });
+    await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', r));
+    const url = `amqp://guest:guest@127.0.0.1:${(proxy.address() as net.AddressInfo).port}`;
+    const sink = new RabbitMqSink('rabbit', rabbitConfig('booking.halfopen', exchange, url, { timeoutMs: 1000 }));
+    try {
+      await sink.send(event(), ctx());
+      expect(live).toHaveLength(1);
+      for (const s of live) frozen.add(s);
+      await expect(sink.send(event(), ctx())).rejects.toThrow(/no publisher confirm within 1000 ms; connection reset/);
+      // The next send opens a new connection instead of waiting on the dead one.
+      await sink.send(event(), ctx());
+      expect(live).toHaveLength(2);
+    } finally {
+      await sink.close();
+      for (const s of live) s.destroy();
+      await new Promise<void>((r) => proxy.close(() => r()));
+    }
+    let got = 0;
+    while (await ch.get(queue, { noAck: true })) got++;
+    expect(got).toBeGreaterThanOrEqual(2);
+  }, 20_000);
+
+  it('asks the broker for a heartbeat unless the URL sets one', () => {
+    expect(withHeartbeat('amqp://guest:guest@127.0.0.1:5672', 10)).toBe('amqp://guest:guest@127.0.0.1:5672?heartbeat=10');
+    expect(withHeartbeat('amqp://u:p@h/vh?heartbeat=30', 10)).toBe('amqp://u:p@h/vh?heartbeat=30');
+  });
 
   it('reports shutdown as an abort', async () => {
     const sink = new RabbitMqSink('rabbit', rabbitConfig('x', exchange));

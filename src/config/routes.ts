@@ -74,6 +74,14 @@ const rabbitMqSinkSchema = z
     exchange: z.string().max(255).default(''),
     routingKey: template('routingKey'),
     timeoutMs: z.number().int().min(1).max(600_000).default(5000),
+    /**
+     * Publish with the AMQP mandatory flag: a message no queue is bound for comes back
+     * and the send fails (retried). false opts out: the broker drops such messages and
+     * the event counts as delivered.
+     */
+    mandatory: z.boolean().default(true),
+    /** AMQP heartbeat: a silently dead connection is detected within about two periods. 0 disables. */
+    heartbeatSeconds: z.number().int().min(0).max(600).default(10),
   })
   .strict();
 
