@@ -183,8 +183,20 @@ export class Completer implements Service {
   }
 }
 
-/** The same outcome with an error text that cannot be refused (plain ASCII, no input). */
+/** A retry delay beyond this in a refused outcome is taken as the cause and cut to it. */
+const MAX_SAFE_DELAY_MS = 86_400_000;
+
+/** The same outcome with nothing from outside in it: a fixed ASCII error text, a bounded delay. */
 function withSafeError(outcome: Outcome, state: string | undefined): Outcome {
-  if (!('error' in outcome)) return outcome;
-  return { ...outcome, error: `the error text of this outcome was refused by the database (SQLSTATE ${state ?? 'unknown'}) and was dropped` };
+  const error = `the outcome (${outcome.kind}) was refused by the database (SQLSTATE ${state ?? 'unknown'}); its error text was dropped`;
+  switch (outcome.kind) {
+    case 'retry':
+      return { kind: 'retry', error, delayMs: Math.min(Math.max(0, outcome.delayMs) || 0, MAX_SAFE_DELAY_MS) };
+    case 'dead':
+      return { kind: 'dead', error, reason: outcome.reason };
+    case 'release':
+      return { kind: 'release', delayMs: Math.min(Math.max(0, outcome.delayMs ?? 0) || 0, MAX_SAFE_DELAY_MS) };
+    case 'done':
+      return outcome;
+  }
 }
