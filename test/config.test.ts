@@ -4,6 +4,7 @@ import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { loadEnvConfig } from '../src/config/env.ts';
 import { ConfigError } from '../src/config/errors.ts';
+import { leaseMarginMs, maxTimeoutForLease, sendFitsInLease } from '../src/config/lease.ts';
 import { compilePattern, compileRoutes, findRoute, loadRoutesFile, parseRoutes } from '../src/config/routes.ts';
 import { createSinks } from '../src/sinks/create-sinks.ts';
 import { createLogger } from '../src/log.ts';
@@ -26,6 +27,8 @@ describe('environment', () => {
     expect(c.metrics.port).toBe(9464);
     expect(c.dispatch).toMatchObject({ batchSize: 100, concurrency: 32, pollIntervalMs: 1000, leaseMs: 30_000, maxAttempts: 10, backoffBaseMs: 1000, backoffMaxMs: 300_000 });
     expect(c.dispatch.leaseMs).toBeLessThanOrEqual(60_000);
+    expect(c.dispatch.retryHorizonMs).toBe(86_400_000);
+    expect(c.circuit).toEqual({ failureThreshold: 5, openMs: 30_000, halfOpenProbes: 1 });
     expect(c.logLevel).toBe('info');
     expect(c.db).toEqual({ statementTimeoutMs: 15_000, idleInTransactionTimeoutMs: 60_000, connectTimeoutMs: 10_000, keepAliveInitialDelayMs: 10_000 });
   });
@@ -43,6 +46,11 @@ describe('environment', () => {
     ['OUTBOX_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS', '5s', /OUTBOX_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS: must be a whole number/],
     ['OUTBOX_DB_CONNECT_TIMEOUT_MS', '-1', /OUTBOX_DB_CONNECT_TIMEOUT_MS: must be between 100 and 600000/],
     ['OUTBOX_DB_KEEPALIVE_MS', '10', /OUTBOX_DB_KEEPALIVE_MS: must be between 1000 and 3600000/],
+    ['OUTBOX_RETRY_HORIZON_MS', '-1', /OUTBOX_RETRY_HORIZON_MS: must be a whole number between 0 and 2592000000|must be between 0/],
+    ['OUTBOX_CIRCUIT_FAILURE_THRESHOLD', 'often', /OUTBOX_CIRCUIT_FAILURE_THRESHOLD: must be a whole number/],
+    ['OUTBOX_CIRCUIT_OPEN_MS', '10', /OUTBOX_CIRCUIT_OPEN_MS: must be between 100 and 3600000/],
+    ['OUTBOX_CIRCUIT_HALF_OPEN_PROBES', '0', /OUTBOX_CIRCUIT_HALF_OPEN_PROBES: must be between 1 and 1000/],
+    ['OUTBOX_WORKER_ID', 'worker\u0007one', /OUTBOX_WORKER_ID: must not contain control characters/],
   ])('rejects %s=%s naming the key', (key, value, message) => {
     const err = configError(() => loadEnvConfig({ [key]: value }));
     expect(err.key).toBe(key);
@@ -100,14 +108,65 @@ describe('routes', () => {
 
   it('rejects a sink timeout the lease cannot cover, and a missing HMAC secret', () => {
     const tooSlow = parseRoutes({ routes: [{ match: '*', sink: { type: 'http', url: 'http://x/', timeoutMs: 30_000 } }] });
-    expect(configError(() => compileRoutes(tooSlow, 30_000)).message).toMatch(/timeoutMs \(30000\) must be below OUTBOX_LEASE_MS/);
+    expect(configError(() => compileRoutes(tooSlow, 30_000)).message).toMatch(/routes\[0\]\.sink\.timeoutMs \(30000\) must be at most 28000 with OUTBOX_LEASE_MS=30000/);
     const signed = compileRoutes(parseRoutes({ routes: [{ match: '*', sink: { type: 'http', url: 'http://x/', hmacSecretEnv: 'HOOK_SECRET' } }] }), 30_000);
     expect(configError(() => createSinks(signed, createLogger('silent'), {})).key).toBe('HOOK_SECRET');
     expect(createSinks(signed, createLogger('silent'), { HOOK_SECRET: 'x' }).get('http')?.type).toBe('http');
   });
+
+  it('validates a sink timeout with the rule the dispatcher uses before each send (repro 03)', () => {
+    // lease 10 s, timeout 9.5 s passed the old check (timeout < lease) and then every event was
+    // released unattempted forever: the dispatcher needs timeout + margin free after the claim.
+    const route = (timeoutMs: number) => parseRoutes({ routes: [{ match: '*', sink: { type: 'http', url: 'http://x/', timeoutMs } }] });
+    const err = configError(() => compileRoutes(route(9500), 10_000));
+    expect(err.key).toBe('OUTBOX_ROUTES');
+    expect(err.message).toMatch(/routes\[0\]\.sink\.timeoutMs \(9500\) must be at most 8000 with OUTBOX_LEASE_MS=10000/);
+    expect(configError(() => compileRoutes(route(8001), 10_000)).key).toBe('OUTBOX_ROUTES');
+    expect(compileRoutes(route(maxTimeoutForLease(10_000)), 10_000)).toHaveLength(1);
+    // The dispatcher's own check accepts that timeout one margin after the claim.
+    expect(sendFitsInLease(maxTimeoutForLease(10_000), 10_000, leaseMarginMs(10_000))).toBe(true);
+    expect(sendFitsInLease(9500, 10_000, 0)).toBe(false);
+  });
+
+  it.each([
+    ['a newline', 'token\nX-Evil: 1'],
+    ['a carriage return', 'token\r'],
+    ['a non-ASCII character', 'Bearer abc€'],
+    ['a NUL', 'a\u0000b'],
+  ])('rejects a header value with %s when the routes file is loaded (repro 18)', (_what, value) => {
+    const err = configError(() => parseRoutes({ routes: [{ match: '*', sink: { type: 'http', url: 'http://x/', headers: { Authorization: value } } }] }, 'routes.json'));
+    expect(err.key).toBe('OUTBOX_ROUTES');
+    expect(err.message).toBe('OUTBOX_ROUTES: routes.json: routes[0].sink.headers.Authorization: header value must be printable ASCII (no newline, control or non-ASCII character)');
+    expect(err.message).not.toContain('abc');
+  });
+
+  it('accepts printable ASCII header values and per-route retry statuses, and documents the RabbitMQ defaults', () => {
+    const r = parseRoutes({
+      routes: [
+        { match: 'a', sink: { type: 'http', url: 'http://x/', headers: { Authorization: 'Bearer a.b-c_d~e+f/g=', 'X-Tab': 'a\tb' }, retryStatuses: [401, 404] } },
+        { match: 'b', sink: { type: 'rabbitmq', routingKey: 'k' } },
+      ],
+    });
+    expect(r.routes[0]!.sink).toMatchObject({ retryStatuses: [401, 404] });
+    expect(r.routes[1]!.sink).toMatchObject({ mandatory: true, heartbeatSeconds: 10 });
+    expect(configError(() => parseRoutes({ routes: [{ match: 'a', sink: { type: 'http', url: 'http://x/', retryStatuses: [503] } }] })).message).toMatch(/routes\[0\]\.sink\.retryStatuses\[0\]/);
+  });
 });
 
 describe('the daemon at start-up', () => {
+  it('exits 78 naming the key for a sink timeout the lease cannot cover and for a bad header value', async () => {
+    const slow = JSON.stringify({ routes: [{ match: '*', sink: { type: 'http', url: 'http://127.0.0.1:9/', timeoutMs: 9500 } }] });
+    const r1 = await runCli(['run'], { DATABASE_URL: 'postgres://nobody@127.0.0.1:1/x', OUTBOX_ROUTES: slow, OUTBOX_LEASE_MS: '10000' });
+    expect(r1.code).toBe(78);
+    expect(r1.stderr).toContain('OUTBOX_ROUTES: routes[0].sink.timeoutMs (9500) must be at most 8000 with OUTBOX_LEASE_MS=10000');
+    const header = JSON.stringify({ routes: [{ match: '*', sink: { type: 'http', url: 'http://127.0.0.1:9/', headers: { Authorization: 'token\nX-Evil: 1' } } }] });
+    const r2 = await runCli(['run'], { DATABASE_URL: 'postgres://nobody@127.0.0.1:1/x', OUTBOX_ROUTES: header });
+    expect(r2.code).toBe(78);
+    expect(r2.stderr).toContain('routes[0].sink.headers.Authorization: header value must be printable ASCII');
+    expect(r2.stderr).not.toContain('X-Evil');
+    expect(r2.stderr).not.toMatch(/\n\s+at /);
+  });
+
   it('stops with exit code 78 and a message naming the bad key', async () => {
     const r = await runCli(['run'], { OUTBOX_BATCH_SIZE: 'lots' });
     expect(r.code).toBe(78);
