@@ -33,6 +33,7 @@ export const alertCases: AlertCase[] = [
     labels: {},
   },
   { alert: 'OutboxDeadLettersIncreasing', series: { [`outbox_events_dead_lettered_total{${J},${I},reason="permanent"}`]: '0x10 1 2 3 3 3 3' }, quietAt: '8m', firingAt: '13m', labels: {} },
+  { alert: 'OutboxSinkCircuitOpen', series: { [`outbox_sink_circuit_state{${J},${I},sink="orders"}`]: '0 0 2 0 2 2 1 2x10', [`outbox_sink_circuit_state{${J},${I},sink="audit"}`]: '0x20' }, quietAt: '5m', firingAt: '12m', labels: { sink: 'orders' } },
   {
     alert: 'OutboxClaimLatencyHigh',
     series: Object.fromEntries([
