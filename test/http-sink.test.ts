@@ -85,6 +85,20 @@ describe('HTTP sink', () => {
     expect(err).toBeInstanceOf(PermanentDispatchError);
   });
 
+  it.each([401, 403, 404, 409])('retries %i when the route lists it in retryStatuses', async (status) => {
+    receiver.setResponder(() => ({ status, body: 'not yet' }));
+    const lenient = new HttpSink('hook', { type: 'http', url: receiver.url, timeoutMs: 2000, headers: {}, retryStatuses: [401, 403, 404, 409] }, undefined);
+    try {
+      const err = await lenient.send(event, ctx()).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(RetryableDispatchError);
+      expect((err as Error).message).toBe(`HTTP ${status}: not yet`);
+      receiver.setResponder(() => ({ status: 422 }));
+      expect(await lenient.send(event, ctx()).catch((e: unknown) => e)).toBeInstanceOf(PermanentDispatchError);
+    } finally {
+      await lenient.close();
+    }
+  });
+
   it('passes Retry-After (seconds or HTTP date) on to the retry policy', async () => {
     receiver.setResponder(() => ({ status: 429, headers: { 'retry-after': '30' } }));
     const err = (await sink().send(event, ctx()).catch((e: unknown) => e)) as RetryableDispatchError;
