@@ -37,7 +37,15 @@ describe.skipIf(!hasPrometheus && !required)('alerts fire on synthetic incidents
     const metricsPort = await freePort();
     worker = startWorkerProcess({
       DATABASE_URL: db.workerUrl,
-      OUTBOX_ROUTES: JSON.stringify({ routes: [{ match: '*', sink: { type: 'http', url: receiver.url, timeoutMs: 25_000 } }] }),
+      // The failing route has its own sink, so its circuit breaker holds only its events.
+      OUTBOX_ROUTES: JSON.stringify({
+        routes: [
+          { match: 'outage.*', sink: { type: 'http', name: 'outage', url: receiver.url, timeoutMs: 25_000 } },
+          { match: '*', sink: { type: 'http', name: 'main', url: receiver.url, timeoutMs: 25_000 } },
+        ],
+      }),
+      // Probes every 200 ms keep failed attempts (the error ratio's input) flowing at test speed.
+      OUTBOX_CIRCUIT_OPEN_MS: '200',
       METRICS_PORT: String(metricsPort),
       METRICS_HOST: '127.0.0.1',
       OUTBOX_BATCH_SIZE: '1',
@@ -103,12 +111,15 @@ describe.skipIf(!hasPrometheus && !required)('alerts fire on synthetic incidents
       throw new Error(`${err.message}; firing: ${[...(await firing())].join(', ')}; ${rule.query} => ${await q(rule.query.replace(/ > 0$/, ''))}; raw: ${await q('outbox_events_dead_lettered_total')}`);
     });
 
-  it('sink outage fires OutboxDispatchErrorRatioHigh; poison events fire OutboxDeadLettersIncreasing', async () => {
+  it('sink outage fires OutboxDispatchErrorRatioHigh and OutboxSinkCircuitOpen; poison events fire OutboxDeadLettersIncreasing', async () => {
     await produce(db.producerUrl, tenantId(), Array.from({ length: 5 }, () => ({ type: 'outage.sink' })));
     const poison = await runCli(['incident', 'poison', '--count', '5', '--type', 'booking.poison'], { DATABASE_URL: db.producerUrl });
     expect(poison.code, poison.stderr).toBe(0);
     expect(poison.stdout).toContain('inserted 5 poison events');
-    await Promise.all([untilFiring('OutboxDispatchErrorRatioHigh'), untilFiring('OutboxDeadLettersIncreasing')]);
+    await Promise.all([untilFiring('OutboxDispatchErrorRatioHigh'), untilFiring('OutboxSinkCircuitOpen'), untilFiring('OutboxDeadLettersIncreasing')]);
+    const alerts = (await (await fetch(`${promUrl}/api/v1/alerts`)).json()) as { data: { alerts: { labels: Record<string, string>; state: string }[] } };
+    const circuit = alerts.data.alerts.filter((a) => a.labels.alertname === 'OutboxSinkCircuitOpen' && a.state === 'firing').map((a) => a.labels.sink);
+    expect(circuit).toEqual(['outage']);
   }, 90_000);
 
   it('every dashboard panel query parses and returns data from the scraped worker', async () => {
