@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PermanentDispatchError, RetryableDispatchError, DispatchAbortedError } from '../src/dispatch/errors.ts';
+import { maxTimeoutForLease } from '../src/config/lease.ts';
 import { backoffDelayMs, outcomeForFailure, RETRY_AFTER_CEILING_MS } from '../src/dispatch/retry-policy.ts';
 import { createTestDatabase, produce, tenantId, waitFor, type TestDatabase } from './support/db.ts';
 import { recordingSink, startDaemon } from './support/daemon.ts';
@@ -72,6 +73,19 @@ describe('retry, dead-lettering and bad input in the running dispatcher', () => 
       expect(Number(row.wait)).toBeGreaterThan(110);
       expect(Number(row.wait)).toBeLessThanOrEqual(120);
       expect(row.last_error).toBe('HTTP 429');
+    } finally {
+      await daemon.stop();
+    }
+  });
+
+  it('delivers through a sink whose timeout is the longest the lease allows (repro 03: no claim/release livelock)', async () => {
+    receiver.setResponder(() => ({ status: 200 }));
+    const [id] = await produce(db.producerUrl, tenantId(), [{ type: 'hook.tight' }]);
+    const routes = { routes: [{ match: 'hook.*', sink: { type: 'http' as const, url: receiver.url, timeoutMs: maxTimeoutForLease(10_000) } }] };
+    const daemon = await startDaemon(db, { routes, env: { OUTBOX_LEASE_MS: '10000' } });
+    try {
+      const row = await waitFor(async () => (await db.query("SELECT * FROM capacity_outbox WHERE id = $1 AND status = 'done'", [id])).rows[0], { what: 'delivered' });
+      expect(row.attempts).toBe(1);
     } finally {
       await daemon.stop();
     }
