@@ -86,11 +86,35 @@ describe('claim query', () => {
     await claimBatch(worker, { workerId: 'gone', limit: 10, leaseMs: 1 });
     await db.query("UPDATE capacity_outbox SET attempts = 3 WHERE event_type = 'y'");
     await waitFor(async () => (await db.query('SELECT 1 FROM capacity_outbox WHERE next_attempt_at > now()')).rowCount === 0);
-    expect(await rescueExpiredLeases(worker, { limit: 100, maxAttempts: 3 })).toEqual({ requeued: 1, deadLettered: 1 });
+    expect(await rescueExpiredLeases(worker, { limit: 100, maxAttempts: 3, retryHorizonMs: 0 })).toEqual({ requeued: 1, deadLettered: 1 });
     const { rows } = await db.query('SELECT event_type, status, locked_by, last_error FROM capacity_outbox ORDER BY event_type');
     expect(rows[0]).toMatchObject({ event_type: 'x', status: 'pending', locked_by: null });
     expect(rows[1]).toMatchObject({ event_type: 'y', status: 'dead' });
     expect(rows[1].last_error).toMatch(/lease expired: worker gone did not finish attempt 3/);
+  });
+
+  it('within the retry horizon, dead-letters an expired last attempt only if the one before also expired (ADR 0007)', async () => {
+    await reset();
+    // Events that spent many attempts on a sink outage, then lost their worker.
+    await produce(db.producerUrl, tenantId(), [{ type: 'outage' }, { type: 'poison' }, { type: 'old' }]);
+    const worker = db.workerDb();
+    await claimBatch(worker, { workerId: 'gone', limit: 10, leaseMs: 1 });
+    await db.query("UPDATE capacity_outbox SET attempts = 12, last_error = 'HTTP 503: deploying'");
+    await db.query("UPDATE capacity_outbox SET last_error = 'lease expired: worker gone did not finish attempt 11' WHERE event_type = 'poison'");
+    await waitFor(async () => (await db.query('SELECT 1 FROM capacity_outbox WHERE next_attempt_at > now()')).rowCount === 0);
+    const horizon = 3_600_000;
+    // 'old' was committed before the horizon: its expired last attempt dead-letters it.
+    const oldId = (await db.query("SELECT id FROM capacity_outbox WHERE event_type = 'old'")).rows[0].id;
+    await db.query("DELETE FROM capacity_outbox WHERE event_type = 'old'");
+    await db.query(
+      `INSERT INTO capacity_outbox (id, restaurant_id, event_type, status, attempts, locked_by, locked_until, next_attempt_at, last_error, created_at)
+       VALUES ($1, $2, 'old', 'processing', 12, 'gone', now() - interval '1 second', now() - interval '1 second', 'HTTP 503: deploying', now() - interval '2 hours')`,
+      [oldId, tenantId()],
+    );
+    expect(await rescueExpiredLeases(worker, { limit: 100, maxAttempts: 10, retryHorizonMs: horizon })).toEqual({ requeued: 1, deadLettered: 2 });
+    const { rows } = await db.query('SELECT event_type, status, last_error FROM capacity_outbox ORDER BY event_type');
+    expect(rows.map((r) => [r.event_type, r.status])).toEqual([['old', 'dead'], ['outage', 'pending'], ['poison', 'dead']]);
+    expect(rows[1].last_error).toBe('lease expired: worker gone did not finish attempt 12');
   });
 });
 

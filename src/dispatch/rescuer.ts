@@ -8,6 +8,8 @@ import type { DispatcherMetrics } from '../metrics/metrics.ts';
 export interface RescuerOptions {
   intervalMs: number;
   maxAttempts: number;
+  /** ADR 0007: with maxAttempts, when an expired last attempt dead-letters the event. */
+  retryHorizonMs: number;
   batchSize?: number;
   /** Called after events went back to pending, so the claim loop looks at once. */
   onRequeued?: () => void;
@@ -43,7 +45,7 @@ export class LeaseRescuer implements Service {
     const total: RescueResult = { requeued: 0, deadLettered: 0 };
     const limit = this.#opts.batchSize ?? 1000;
     for (;;) {
-      const r = await rescueExpiredLeases(this.#db, { limit, maxAttempts: this.#opts.maxAttempts });
+      const r = await rescueExpiredLeases(this.#db, { limit, maxAttempts: this.#opts.maxAttempts, retryHorizonMs: this.#opts.retryHorizonMs });
       total.requeued += r.requeued;
       total.deadLettered += r.deadLettered;
       if (r.requeued + r.deadLettered < limit) break;

@@ -111,6 +111,7 @@ export class Daemon {
     this.rescuer = new LeaseRescuer(this.db, log, this.metrics, {
       intervalMs: d.rescueIntervalMs,
       maxAttempts: d.maxAttempts,
+      retryHorizonMs: d.retryHorizonMs,
       onRequeued: () => this.dispatcher.poke(),
     });
     this.listener = new NotifyListener(

@@ -152,22 +152,31 @@ export interface RescueResult {
   deadLettered: number;
 }
 
+/** The prefix of the last_error the rescuer writes (matched to spot a repeated expiry). */
+export const LEASE_EXPIRED_PREFIX = 'lease expired: ';
+
 /**
  * Returns events whose lease expired (their worker died or hung) to pending, or
  * dead-letters them when the expired attempt was their last: an event that keeps
- * killing workers must not loop forever.
+ * killing workers must not loop forever. "Last" follows the retry horizon (ADR 0007):
+ * at maxAttempts or more, an event is dead-lettered if it is past the horizon or its
+ * previous attempt had also ended in an expired lease; an event that reached many
+ * attempts during a sink outage is not dead-lettered by one worker crash.
  */
 export async function rescueExpiredLeases(
   db: Kysely<Database>,
-  args: { limit: number; maxAttempts: number },
+  args: { limit: number; maxAttempts: number; retryHorizonMs: number },
 ): Promise<RescueResult> {
   const rows = await db
     .with('expired', (qc) => dueRows(qc, 'processing', args.limit))
     .updateTable('capacity_outbox as o')
     .from('expired')
     .set((eb) => ({
-      status: eb.case().when('o.attempts', '>=', args.maxAttempts).then(sql<OutboxStatus>`'dead'`).else(sql<OutboxStatus>`'pending'`).end(),
-      last_error: sql<string>`'lease expired: worker ' || coalesce(o.locked_by, '?') || ' did not finish attempt ' || o.attempts`,
+      status: sql<OutboxStatus>`CASE WHEN o.attempts >= ${args.maxAttempts}
+                                      AND (o.created_at <= now() - ${args.retryHorizonMs} * interval '1 millisecond'
+                                           OR starts_with(coalesce(o.last_error, ''), ${LEASE_EXPIRED_PREFIX}))
+                                     THEN 'dead' ELSE 'pending' END`,
+      last_error: sql<string>`${LEASE_EXPIRED_PREFIX} || 'worker ' || coalesce(o.locked_by, '?') || ' did not finish attempt ' || o.attempts`,
       next_attempt_at: sql<Date>`now()`,
       locked_by: null,
       locked_until: null,
