@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CircuitBreaker, type CircuitState } from '../src/dispatch/circuit-breaker.ts';
-import { RetryableDispatchError } from '../src/dispatch/errors.ts';
+import { CircuitBreaker, sendResultOf, type CircuitState } from '../src/dispatch/circuit-breaker.ts';
+import { DispatchAbortedError, PermanentDispatchError, RetryableDispatchError } from '../src/dispatch/errors.ts';
 import { isExhausted, outcomeForFailure } from '../src/dispatch/retry-policy.ts';
 import { loadEnvConfig } from '../src/config/env.ts';
 import { createTestDatabase, produce, tenantId, waitFor, type TestDatabase } from './support/db.ts';
@@ -87,6 +87,13 @@ describe('circuit breaker', () => {
     expect(b.admit()).toMatchObject({ send: false });
     c.advance(1000);
     expect(b.admit()).toEqual({ send: true, probe: true });
+  });
+
+  it('classifies failures: shutdown aborts are neutral, permanent rejections prove the sink answers, the rest count', () => {
+    expect(sendResultOf(new DispatchAbortedError('x'))).toEqual({ aborted: true });
+    expect(sendResultOf(new PermanentDispatchError('HTTP 400'))).toEqual({ ok: true });
+    expect(sendResultOf(new RetryableDispatchError('HTTP 429', { retryAfterMs: 2000 }))).toEqual({ ok: false, retryAfterMs: 2000 });
+    expect(sendResultOf(new Error('socket hang up'))).toEqual({ ok: false, retryAfterMs: undefined });
   });
 
   it('is off with a threshold of 0', () => {

@@ -1,4 +1,5 @@
 import type { CircuitSettings } from '../config/env.ts';
+import { DispatchAbortedError, PermanentDispatchError, RetryableDispatchError } from './errors.ts';
 
 // A circuit breaker per sink, so a sink outage turns into waiting, not into spent
 // attempts and dead letters (ADR 0007). It lives in one process: each replica learns
@@ -24,6 +25,14 @@ export type SendResult =
   | { ok: false; retryAfterMs?: number | undefined }
   /** Cut short by shutdown: says nothing about the sink. */
   | { aborted: true };
+
+/** What a failed send says about its sink's health. */
+export function sendResultOf(err: unknown): SendResult {
+  if (err instanceof DispatchAbortedError) return { aborted: true };
+  // The sink answered and rejected this event (e.g. HTTP 400): it is up.
+  if (err instanceof PermanentDispatchError) return { ok: true };
+  return { ok: false, retryAfterMs: err instanceof RetryableDispatchError ? err.retryAfterMs : undefined };
+}
 
 /** A Retry-After longer than this does not hold a whole sink (the event's own delay obeys it). */
 const MAX_RETRY_AFTER_OPEN_MS = 600_000;

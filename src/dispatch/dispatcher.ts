@@ -12,9 +12,8 @@ import type { Sink } from '../sinks/types.ts';
 import type { TenantScope } from '../tenancy/scope.ts';
 import type { Completer } from './completer.ts';
 import { checkEvent } from './event.ts';
-import type { SinkCircuits } from './circuit-breaker.ts';
+import { sendResultOf, type SinkCircuits } from './circuit-breaker.ts';
 import { sendFitsInLease } from '../config/lease.ts';
-import { RetryableDispatchError, DispatchAbortedError } from './errors.ts';
 import { outcomeForFailure } from './retry-policy.ts';
 import { Wakeup } from './wakeup.ts';
 
@@ -182,14 +181,7 @@ export class Dispatcher implements Service {
     } catch (err) {
       outcome = outcomeForFailure(err, { attempt, ageMs: Date.now() - row.created_at.getTime() }, settings);
       if (outcome.kind === 'release') metrics.eventsReleased.inc({ reason: 'shutdown' });
-      breaker?.record(
-        err instanceof DispatchAbortedError
-          ? { aborted: true }
-          : outcome.kind === 'dead' && outcome.reason === 'permanent'
-            ? { ok: true }
-            : { ok: false, retryAfterMs: err instanceof RetryableDispatchError ? err.retryAfterMs : undefined },
-        admission.probe,
-      );
+      breaker?.record(sendResultOf(err), admission.probe);
     }
     endTimer();
     finish(outcome, sink.name);
