@@ -28,7 +28,7 @@ describe('environment', () => {
     expect(c.dispatch).toMatchObject({ batchSize: 100, concurrency: 32, pollIntervalMs: 1000, leaseMs: 30_000, maxAttempts: 10, backoffBaseMs: 1000, backoffMaxMs: 300_000 });
     expect(c.dispatch.leaseMs).toBeLessThanOrEqual(60_000);
     expect(c.dispatch.retryHorizonMs).toBe(86_400_000);
-    expect(c.circuit).toEqual({ failureThreshold: 5, openMs: 30_000, halfOpenProbes: 1 });
+    expect(c.circuit).toEqual({ failureThreshold: 5, failureRatio: 0.9, windowMs: 10_000, openMs: 30_000, halfOpenProbes: 1 });
     expect(c.logLevel).toBe('info');
     expect(c.db).toEqual({ statementTimeoutMs: 15_000, idleInTransactionTimeoutMs: 60_000, connectTimeoutMs: 10_000, keepAliveInitialDelayMs: 10_000 });
   });
@@ -49,6 +49,8 @@ describe('environment', () => {
     ['OUTBOX_RETRY_HORIZON_MS', '-1', /OUTBOX_RETRY_HORIZON_MS: must be a whole number between 0 and 2592000000|must be between 0/],
     ['OUTBOX_CIRCUIT_FAILURE_THRESHOLD', 'often', /OUTBOX_CIRCUIT_FAILURE_THRESHOLD: must be a whole number/],
     ['OUTBOX_CIRCUIT_OPEN_MS', '10', /OUTBOX_CIRCUIT_OPEN_MS: must be between 100 and 3600000/],
+    ['OUTBOX_CIRCUIT_FAILURE_PERCENT', '0', /OUTBOX_CIRCUIT_FAILURE_PERCENT: must be between 1 and 100/],
+    ['OUTBOX_CIRCUIT_WINDOW_MS', '50', /OUTBOX_CIRCUIT_WINDOW_MS: must be between 100 and 3600000/],
     ['OUTBOX_CIRCUIT_HALF_OPEN_PROBES', '0', /OUTBOX_CIRCUIT_HALF_OPEN_PROBES: must be between 1 and 1000/],
     ['OUTBOX_WORKER_ID', 'worker\u0007one', /OUTBOX_WORKER_ID: must not contain control characters/],
   ])('rejects %s=%s naming the key', (key, value, message) => {

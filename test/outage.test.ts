@@ -18,7 +18,7 @@ function clock(start = 1_000_000) {
 }
 
 describe('circuit breaker', () => {
-  const settings = { failureThreshold: 3, openMs: 1000, halfOpenProbes: 1 };
+  const settings = { failureThreshold: 3, failureRatio: 0.9, windowMs: 10_000, openMs: 1000, halfOpenProbes: 1 };
   const make = (over: Partial<typeof settings> = {}) => {
     const c = clock();
     const changes: CircuitState[] = [];
@@ -31,17 +31,39 @@ describe('circuit breaker', () => {
     b.record({ ok: false, retryAfterMs }, a.probe);
   };
 
-  it('opens after consecutive retryable failures; a success in between resets the count', () => {
+  it('opens when the window holds enough failures and almost nothing else', () => {
     const { b, changes } = make();
-    fail(b);
-    fail(b);
-    b.record({ ok: true }, false);
     fail(b);
     fail(b);
     expect(b.state).toBe('closed');
     fail(b);
     expect(b.state).toBe('open');
     expect(changes).toEqual(['open']);
+  });
+
+  it('stays closed for a flaky sink that still delivers, and forgets failures older than the window', () => {
+    const { b, c } = make();
+    for (let i = 0; i < 50; i++) {
+      fail(b);
+      b.record({ ok: true }, false);
+    }
+    expect(b.state).toBe('closed');
+    c.advance(11_000); // the window slides past all of that
+    fail(b);
+    fail(b);
+    c.advance(11_000);
+    fail(b);
+    expect(b.state).toBe('closed');
+    // A sink that was healthy and goes down opens once its successes leave the window.
+    for (let i = 0; i < 20; i++) b.record({ ok: true }, false);
+    for (let i = 0; i < 20; i++) fail(b);
+    expect(b.state).toBe('closed'); // 20 of 40 in the window
+    c.advance(6000);
+    for (let i = 0; i < 20 && b.state === 'closed'; i++) fail(b);
+    expect(b.state).toBe('closed'); // buckets of the successes are still in the window
+    c.advance(5000);
+    fail(b);
+    expect(b.state).toBe('open');
   });
 
   it('holds sends while open, spread over one open interval after the probe time', () => {
@@ -75,10 +97,13 @@ describe('circuit breaker', () => {
     expect(changes).toEqual(['open', 'half_open', 'open', 'half_open', 'closed']);
   });
 
-  it('stays open at least as long as a Retry-After asks; aborted sends and event-level rejections do not count', () => {
+  it('stays open at least as long as a Retry-After asks; aborted sends do not count, event-level rejections count as answers', () => {
+    const answered = make().b;
+    answered.record({ ok: true }, false); // e.g. HTTP 400: the sink answered
+    for (let i = 0; i < 3; i++) fail(answered);
+    expect(answered.state).toBe('closed'); // 3 failures of 4 results: below 90 %
     const { b, c } = make();
-    b.record({ aborted: true }, false);
-    b.record({ ok: true }, false); // e.g. HTTP 400: the sink answered
+    for (let i = 0; i < 5; i++) b.record({ aborted: true }, false);
     fail(b);
     fail(b);
     fail(b, 5000);

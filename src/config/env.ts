@@ -24,6 +24,8 @@ export const envSchema = z.object({
   OUTBOX_BACKOFF_MAX_MS: intVar(300_000, 1, 86_400_000),
   OUTBOX_RETRY_HORIZON_MS: intVar(86_400_000, 0, 2_592_000_000),
   OUTBOX_CIRCUIT_FAILURE_THRESHOLD: intVar(5, 0, 100_000),
+  OUTBOX_CIRCUIT_FAILURE_PERCENT: intVar(90, 1, 100),
+  OUTBOX_CIRCUIT_WINDOW_MS: intVar(10_000, 100, 3_600_000),
   OUTBOX_CIRCUIT_OPEN_MS: intVar(30_000, 100, 3_600_000),
   OUTBOX_CIRCUIT_HALF_OPEN_PROBES: intVar(1, 1, 1000),
   OUTBOX_SHUTDOWN_GRACE_MS: intVar(25_000, 0, 600_000),
@@ -73,8 +75,12 @@ export interface DispatchSettings {
 
 /** The per-sink circuit breaker (src/dispatch/circuit-breaker.ts, ADR 0007). */
 export interface CircuitSettings {
-  /** Consecutive retryable failures that open a sink's circuit; 0 disables the breaker. */
+  /** Retryable failures within windowMs needed to open a sink's circuit; 0 disables the breaker. */
   failureThreshold: number;
+  /** ...and the share of failures among all results in the window (0-1). */
+  failureRatio: number;
+  /** The sliding window over which failures are counted. */
+  windowMs: number;
   /** How long an open circuit holds its events before half-open probes. */
   openMs: number;
   /** Real sends allowed at once while half-open. */
@@ -141,6 +147,8 @@ export function loadEnvConfig(env: NodeJS.ProcessEnv = process.env): EnvConfig {
     },
     circuit: {
       failureThreshold: e.OUTBOX_CIRCUIT_FAILURE_THRESHOLD,
+      failureRatio: e.OUTBOX_CIRCUIT_FAILURE_PERCENT / 100,
+      windowMs: e.OUTBOX_CIRCUIT_WINDOW_MS,
       openMs: e.OUTBOX_CIRCUIT_OPEN_MS,
       halfOpenProbes: e.OUTBOX_CIRCUIT_HALF_OPEN_PROBES,
     },

@@ -3,8 +3,12 @@ import { DispatchAbortedError, PermanentDispatchError, RetryableDispatchError } 
 
 // A circuit breaker per sink, so a sink outage turns into waiting, not into spent
 // attempts and dead letters (ADR 0007). It lives in one process: each replica learns
-// about an outage from its own sends, which costs at most `failureThreshold` failed
-// attempts per replica per outage.
+// about an outage from its own sends.
+//
+// Trip rule: within the last `windowMs`, at least `failureThreshold` retryable failures
+// AND at least `failureRatio` of all results failures. The ratio keeps a flaky but
+// working sink (half its calls failing) closed; the minimum keeps a handful of failures
+// of a quiet sink from tripping it.
 
 export type CircuitState = 'closed' | 'half_open' | 'open';
 
@@ -34,6 +38,9 @@ export function sendResultOf(err: unknown): SendResult {
   return { ok: false, retryAfterMs: err instanceof RetryableDispatchError ? err.retryAfterMs : undefined };
 }
 
+/** Resolution of the sliding window. */
+const WINDOW_BUCKETS = 10;
+
 /** A Retry-After longer than this does not hold a whole sink (the event's own delay obeys it). */
 const MAX_RETRY_AFTER_OPEN_MS = 600_000;
 
@@ -44,9 +51,12 @@ export class CircuitBreaker {
   readonly #now: () => number;
   readonly #random: () => number;
   #state: CircuitState = 'closed';
-  #consecutiveFailures = 0;
   #openUntil = 0;
   #probesInFlight = 0;
+  /** Results per time bucket over the window (a ring of WINDOW_BUCKETS buckets). */
+  readonly #ok = new Array<number>(WINDOW_BUCKETS).fill(0);
+  readonly #failed = new Array<number>(WINDOW_BUCKETS).fill(0);
+  #bucket = 0;
 
   constructor(
     sink: string,
@@ -86,19 +96,48 @@ export class CircuitBreaker {
     if (this.#settings.failureThreshold === 0) return;
     if (probe) this.#probesInFlight = Math.max(0, this.#probesInFlight - 1);
     if ('aborted' in result) return;
+    const slot = this.#advance();
     if (result.ok) {
-      this.#consecutiveFailures = 0;
+      this.#ok[slot]!++;
       // A success that started before the circuit opened proves little; a probe's does.
       if (probe && this.#state === 'half_open') this.#enter('closed');
       return;
     }
-    this.#consecutiveFailures++;
+    this.#failed[slot]!++;
     const pause = Math.max(this.#settings.openMs, Math.min(result.retryAfterMs ?? 0, MAX_RETRY_AFTER_OPEN_MS));
     if (probe && this.#state === 'half_open') {
       this.#open(pause);
-    } else if (this.#state === 'closed' && this.#consecutiveFailures >= this.#settings.failureThreshold) {
+    } else if (this.#state === 'closed' && this.#tripped()) {
       this.#open(pause);
     }
+  }
+
+  #tripped(): boolean {
+    let failed = 0;
+    let total = 0;
+    for (let i = 0; i < WINDOW_BUCKETS; i++) {
+      failed += this.#failed[i]!;
+      total += this.#failed[i]! + this.#ok[i]!;
+    }
+    return failed >= this.#settings.failureThreshold && failed >= this.#settings.failureRatio * total;
+  }
+
+  /** Moves the ring to the current bucket, clearing buckets that fell out of the window. */
+  #advance(): number {
+    const now = Math.floor(this.#now() / (this.#settings.windowMs / WINDOW_BUCKETS));
+    const stale = Math.min(WINDOW_BUCKETS, Math.max(0, now - this.#bucket));
+    for (let i = 1; i <= stale; i++) {
+      const slot = (this.#bucket + i) % WINDOW_BUCKETS;
+      this.#ok[slot] = 0;
+      this.#failed[slot] = 0;
+    }
+    if (now > this.#bucket) this.#bucket = now;
+    return this.#bucket % WINDOW_BUCKETS;
+  }
+
+  #clearWindow(): void {
+    this.#ok.fill(0);
+    this.#failed.fill(0);
   }
 
   #open(forMs: number): void {
@@ -113,7 +152,8 @@ export class CircuitBreaker {
   #enter(state: CircuitState): void {
     if (state === this.#state) return;
     this.#state = state;
-    if (state === 'closed') this.#consecutiveFailures = 0;
+    // A closed circuit starts counting afresh: the failures that opened it are history.
+    if (state === 'closed') this.#clearWindow();
     this.#onChange(state);
   }
 }
