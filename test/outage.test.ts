@@ -121,6 +121,18 @@ describe('circuit breaker', () => {
     expect(sendResultOf(new Error('socket hang up'))).toEqual({ ok: false, retryAfterMs: undefined });
   });
 
+  it('frees a probe slot whose send never reported back (after its timeout plus one interval)', () => {
+    const c = clock();
+    const b = new CircuitBreaker('hook', settings, { now: c.now, random: () => 0.5, sendTimeoutMs: 2000 });
+    for (let i = 0; i < 3; i++) fail(b);
+    c.advance(1000);
+    expect(b.admit()).toEqual({ send: true, probe: true }); // ...and it hangs
+    c.advance(2999);
+    expect(b.admit()).toMatchObject({ send: false });
+    c.advance(2);
+    expect(b.admit()).toEqual({ send: true, probe: true });
+  });
+
   it('is off with a threshold of 0', () => {
     const { b } = make({ failureThreshold: 0 });
     for (let i = 0; i < 100; i++) fail(b);

@@ -50,9 +50,11 @@ export class CircuitBreaker {
   readonly #onChange: (state: CircuitState) => void;
   readonly #now: () => number;
   readonly #random: () => number;
+  readonly #probeTimeoutMs: number;
   #state: CircuitState = 'closed';
   #openUntil = 0;
-  #probesInFlight = 0;
+  /** Start times of the half-open probes not yet recorded. */
+  #probes: number[] = [];
   /** Results per time bucket over the window (a ring of WINDOW_BUCKETS buckets). */
   readonly #ok = new Array<number>(WINDOW_BUCKETS).fill(0);
   readonly #failed = new Array<number>(WINDOW_BUCKETS).fill(0);
@@ -61,13 +63,14 @@ export class CircuitBreaker {
   constructor(
     sink: string,
     settings: CircuitSettings,
-    opts: { onChange?: (state: CircuitState) => void; now?: () => number; random?: () => number } = {},
+    opts: { onChange?: (state: CircuitState) => void; now?: () => number; random?: () => number; sendTimeoutMs?: number } = {},
   ) {
     this.sink = sink;
     this.#settings = settings;
     this.#onChange = opts.onChange ?? (() => {});
     this.#now = opts.now ?? Date.now;
     this.#random = opts.random ?? Math.random;
+    this.#probeTimeoutMs = (opts.sendTimeoutMs ?? 60_000) + settings.openMs;
   }
 
   get state(): CircuitState {
@@ -85,8 +88,12 @@ export class CircuitBreaker {
       this.#enter('half_open');
     }
     if (this.#state === 'half_open') {
-      if (this.#probesInFlight >= this.#settings.halfOpenProbes) return { send: false, retryInMs: this.#spread() };
-      this.#probesInFlight++;
+      // A probe that never reports back (a send that outlived its own timeout, or lost to
+      // a bug) must not leave the circuit half-open with no probe slot forever.
+      const stale = this.#now() - this.#probeTimeoutMs;
+      this.#probes = this.#probes.filter((t) => t > stale);
+      if (this.#probes.length >= this.#settings.halfOpenProbes) return { send: false, retryInMs: this.#spread() };
+      this.#probes.push(this.#now());
       return { send: true, probe: true };
     }
     return { send: true, probe: false };
@@ -94,7 +101,8 @@ export class CircuitBreaker {
 
   record(result: SendResult, probe: boolean): void {
     if (this.#settings.failureThreshold === 0) return;
-    if (probe) this.#probesInFlight = Math.max(0, this.#probesInFlight - 1);
+    // Only the number of probes in flight matters, not which one finished.
+    if (probe) this.#probes.shift();
     if ('aborted' in result) return;
     const slot = this.#advance();
     if (result.ok) {
@@ -169,10 +177,11 @@ export class SinkCircuits {
     this.#onChange = onChange;
   }
 
-  for(sink: string): CircuitBreaker {
+  /** The breaker of `sink`; `sendTimeoutMs` bounds how long a probe may go unreported. */
+  for(sink: string, sendTimeoutMs?: number): CircuitBreaker {
     let b = this.#breakers.get(sink);
     if (!b) {
-      b = new CircuitBreaker(sink, this.#settings, { onChange: (state) => this.#onChange(sink, state) });
+      b = new CircuitBreaker(sink, this.#settings, { onChange: (state) => this.#onChange(sink, state), sendTimeoutMs });
       this.#breakers.set(sink, b);
     }
     return b;

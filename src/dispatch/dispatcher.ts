@@ -162,7 +162,7 @@ export class Dispatcher implements Service {
 
     // While the sink's circuit is open its events wait, unattempted (the claim's attempt
     // is given back), instead of spending their retry budget on a sink that is down.
-    const breaker = this.#d.circuits?.for(sink.name);
+    const breaker = this.#d.circuits?.for(sink.name, sink.timeoutMs);
     const admission = breaker?.admit() ?? { send: true as const, probe: false };
     if (!admission.send) {
       metrics.eventsReleased.inc({ reason: 'circuit_open' });
