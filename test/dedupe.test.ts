@@ -193,7 +193,7 @@ describe('dedupe semantics of ADR 0001 (revision 2026-11-30)', () => {
     await claim(older!, 'w-dies', 1000);
     const [newer] = await produce(db.producerUrl, t, [{ type: 'lease', dedupeKey: 'k' }]);
     await db.query("UPDATE capacity_outbox SET next_attempt_at = now() - interval '1 second' WHERE id = $1", [older]);
-    await rescueExpiredLeases(db.workerDb(), { limit: 1000, maxAttempts: 10 });
+    await rescueExpiredLeases(db.workerDb(), { limit: 1000, maxAttempts: 10, retryHorizonMs: 86_400_000 });
     expect((await eventRow(older!)).last_error).toContain(`superseded by event ${newer}`);
     expect((await eventRow(newer!)).status).toBe('pending');
 
