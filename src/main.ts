@@ -3,6 +3,7 @@ import { CommanderError } from 'commander';
 import { buildProgram } from './cli/program.ts';
 import { UsageError } from './cli/parse.ts';
 import { ConfigError } from './config/errors.ts';
+import { MigrationError } from './db/migrator.ts';
 import { EXIT, StartupError } from './lifecycle/errors.ts';
 import { AdoptError } from './partitions/adopt.ts';
 import { RegistryError } from './partitions/registry.ts';
@@ -36,6 +37,10 @@ function exitCodeFor(err: unknown): number {
   if (err instanceof RegistryError) {
     say(err.message);
     return EXIT.USAGE;
+  }
+  if (err instanceof MigrationError) {
+    say(`migrate: ${err.message}`);
+    return EXIT.FAILURE;
   }
   if (err instanceof StartupError) {
     say(err.message);

@@ -1,7 +1,7 @@
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { migrate } from '../src/db/migrator.ts';
-import { BACKGROUND_ROLE, createKysely, createPool } from '../src/db/pool.ts';
+import { createKysely, createPool } from '../src/db/pool.ts';
 import { claimBatch, completeBatch } from '../src/db/queries/outbox.ts';
 import { createLogger } from '../src/log.ts';
 import { adoptTable, AdoptError } from '../src/partitions/adopt.ts';
@@ -43,7 +43,7 @@ describe('partitions adopt', () => {
   it('converts a populated plain table online while producers and a worker keep writing, losing no row', async () => {
     const relkind = async () => (await admin.query(`SELECT relkind FROM pg_class WHERE oid = 'public.capacity_outbox'::regclass`)).rows[0].relkind;
     expect(await relkind()).toBe('r');
-    const worker = createKysely(createPool({ connectionString: asRole(target.url, 'worker'), max: 2, applicationName: 't', role: BACKGROUND_ROLE }));
+    const worker = createKysely(createPool({ connectionString: asRole(target.url, 'worker'), max: 2, applicationName: 't' }));
 
     let stop = false;
     const produced: string[] = [];

@@ -1,7 +1,8 @@
 import type { Kysely } from 'kysely';
 import pg from 'pg';
 import { loadEnvConfig, type EnvConfig } from '../config/env.ts';
-import { BACKGROUND_ROLE, createKysely, createPool } from '../db/pool.ts';
+import { inspectLoginRole, poolRole, roleSwitchNeeded } from '../db/login-role.ts';
+import { createKysely, createPool } from '../db/pool.ts';
 import type { Database } from '../db/schema.ts';
 import { connectClient } from '../db/connect.ts';
 import type { EmbeddedCluster } from '../embedded/cluster.ts';
@@ -40,13 +41,13 @@ export async function withClient<T>(
   config: EnvConfig,
   log: Logger,
   opts: { as: 'dispatcher' | 'superuser'; url?: string | undefined; applicationName: string },
-  work: (client: pg.Client) => Promise<T>,
+  work: (client: pg.Client, url: string) => Promise<T>,
 ): Promise<T> {
   const conn = await resolveConnection(config, log, opts);
   try {
     const client = await connectClient(conn.url, opts.applicationName);
     try {
-      return await work(client);
+      return await work(client, conn.url);
     } finally {
       await client.end().catch(() => undefined);
     }
@@ -55,16 +56,26 @@ export async function withClient<T>(
   }
 }
 
-/** Runs `work` as app_background against DATABASE_URL or the embedded default. */
+/**
+ * Runs `work` with app_background's privileges against DATABASE_URL or the embedded default:
+ * the login inherits them (no role switch, so it works through a transaction pooler), or a
+ * privileged login switches with a startup option, as the daemon does.
+ */
 export async function withDatabase<T>(opts: { databaseUrl?: string }, env: NodeJS.ProcessEnv, work: (db: Kysely<Database>) => Promise<T>): Promise<T> {
   const config = loadEnvConfig(env);
   const log = createLogger(config.logLevel === 'info' ? 'warn' : config.logLevel);
   const conn = await resolveConnection(config, log, { as: 'dispatcher', url: opts.databaseUrl });
-  const db = createKysely(createPool({ connectionString: conn.url, max: 2, applicationName: 'outbox-dispatcher-cli', role: BACKGROUND_ROLE }));
+  let db: Kysely<Database> | undefined;
   try {
+    const probe = await connectClient(conn.url, 'outbox-dispatcher-cli');
+    // The CLI is run by an operator, who may use a privileged URL on purpose: it switches.
+    const roleSwitch = await inspectLoginRole(probe)
+      .then((role) => roleSwitchNeeded(role, { allowPrivilegedRole: true }))
+      .finally(() => probe.end().catch(() => undefined));
+    db = createKysely(createPool({ connectionString: conn.url, max: 2, applicationName: 'outbox-dispatcher-cli', role: poolRole(roleSwitch) }));
     return await work(db);
   } finally {
-    await db.destroy();
+    await db?.destroy();
     await conn.release();
   }
 }

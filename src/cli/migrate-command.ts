@@ -1,5 +1,7 @@
 import { loadEnvConfig } from '../config/env.ts';
-import { loadMigrations, migrate, migrationStatus } from '../db/migrator.ts';
+import { loadMigrations, migrate, migrationStatus, TRANSACTION_POOLER_HINT } from '../db/migrator.ts';
+import { probePooler } from '../db/pooler.ts';
+import { ConfigError } from '../config/errors.ts';
 import { EXIT } from '../lifecycle/errors.ts';
 import { createLogger } from '../log.ts';
 import { withClient } from './connection.ts';
@@ -16,7 +18,8 @@ export async function migrateCommand(opts: MigrateOptions, env: NodeJS.ProcessEn
   const config = loadEnvConfig(env);
   const log = createLogger(config.logLevel === 'info' ? 'warn' : config.logLevel);
   const url = opts.databaseUrl ?? config.migrationDatabaseUrl;
-  return withClient(config, log, { as: 'superuser', url, applicationName: 'outbox-dispatcher-migrate' }, async (client) => {
+  const key = opts.databaseUrl ? '--database-url' : config.migrationDatabaseUrl ? 'MIGRATION_DATABASE_URL' : 'DATABASE_URL';
+  return withClient(config, log, { as: 'superuser', url, applicationName: 'outbox-dispatcher-migrate' }, async (client, connectionString) => {
     const migrations = loadMigrations();
     if (opts.status) {
       const status = await migrationStatus(client, migrations);
@@ -24,6 +27,10 @@ export async function migrateCommand(opts: MigrateOptions, env: NodeJS.ProcessEn
       if (opts.json) printJson({ migrations: rows, unknown: status.unknown });
       else process.stdout.write(`${table(rows)}\n`);
       return status.pending.length > 0 ? EXIT.SCHEMA_BEHIND : EXIT.OK;
+    }
+    // Refuse before taking the session lock a transaction pooler would strand on some server session.
+    if ((await probePooler(client, connectionString)).transactionPooled) {
+      throw new ConfigError(key, TRANSACTION_POOLER_HINT);
     }
     const applied = await migrate(client, { migrations });
     if (opts.json) printJson({ applied });

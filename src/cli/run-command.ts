@@ -27,8 +27,11 @@ export async function runCommand(env: NodeJS.ProcessEnv = process.env): Promise<
   let daemon: Daemon | undefined;
   try {
     log.info({ database: redactUrl(conn.url), embedded: Boolean(conn.embedded) }, 'starting');
-    await preflight(conn.url, { allowPrivilegedRole: config.allowPrivilegedRole, log });
-    daemon = new Daemon({ config, connectionString: conn.url, routes, sinks, log });
+    const { roleSwitch } = await preflight(conn.url, { allowPrivilegedRole: config.allowPrivilegedRole, log });
+    // OUTBOX_LISTEN_URL belongs to DATABASE_URL's database; the embedded default needs none.
+    const listenUrl = conn.embedded ? undefined : config.listenUrl;
+    if (listenUrl) log.info({ listen: redactUrl(listenUrl) }, 'LISTEN uses OUTBOX_LISTEN_URL');
+    daemon = new Daemon({ config, connectionString: conn.url, listenConnectionString: listenUrl, roleSwitch, routes, sinks, log });
     await daemon.start();
   } catch (err) {
     await daemon?.stop().catch(() => undefined);

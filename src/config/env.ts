@@ -12,6 +12,7 @@ export type LogLevel = (typeof LOG_LEVELS)[number];
 export const envSchema = z.object({
   DATABASE_URL: postgresUrlVar(),
   MIGRATION_DATABASE_URL: postgresUrlVar(),
+  OUTBOX_LISTEN_URL: postgresUrlVar(),
   OUTBOX_ROUTES: stringVar(),
   METRICS_PORT: intVar(9464, 0, 65535),
   METRICS_HOST: stringVar(),
@@ -91,6 +92,8 @@ export interface EnvConfig {
   /** Unset means: run on the embedded PostgreSQL under `embedded.dir`. */
   databaseUrl: string | undefined;
   migrationDatabaseUrl: string | undefined;
+  /** Direct or session-mode URL for LISTEN only; unset: DATABASE_URL (ADR 0010). */
+  listenUrl: string | undefined;
   routesSource: string | undefined;
   metrics: { port: number; host: string };
   dispatch: DispatchSettings;
@@ -129,6 +132,7 @@ export function loadEnvConfig(env: NodeJS.ProcessEnv = process.env): EnvConfig {
   return {
     databaseUrl: e.DATABASE_URL,
     migrationDatabaseUrl: e.MIGRATION_DATABASE_URL,
+    listenUrl: e.OUTBOX_LISTEN_URL,
     routesSource: e.OUTBOX_ROUTES,
     metrics: { port: e.METRICS_PORT, host: e.METRICS_HOST ?? '0.0.0.0' },
     dispatch: {

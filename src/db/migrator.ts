@@ -8,6 +8,17 @@ export const MIGRATIONS_DIR = fileURLToPath(new URL('../../migrations/', import.
 // One lock key for every replica of every version: migrations never run twice at once.
 const MIGRATION_LOCK_SQL = "SELECT pg_advisory_lock(hashtext('outbox_dispatcher.migrate'))";
 const MIGRATION_UNLOCK_SQL = "SELECT pg_advisory_unlock(hashtext('outbox_dispatcher.migrate'))";
+// Whether this very server session holds the lock: behind a transaction-mode pooler the
+// statement after pg_advisory_lock may run in another session, which must not migrate.
+const MIGRATION_LOCK_HELD_SQL = `SELECT EXISTS (
+  SELECT 1 FROM pg_locks
+  WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted AND objsubid = 1
+    AND ((classid::bigint << 32) | objid::bigint) = hashtext('outbox_dispatcher.migrate')::bigint) AS held`;
+
+/** The message for a migration run through a transaction-mode pooler. */
+export const TRANSACTION_POOLER_HINT =
+  'migrations need a direct or session-mode connection (they hold a session advisory lock), and this one goes through a ' +
+  'transaction-mode pooler (PgBouncer pool_mode=transaction, Supavisor port 6543); use the direct URL or the session pooler (Supabase: port 5432)';
 const NO_TRANSACTION_MARKER = /^--\s*outbox:no-transaction\b/m;
 
 export interface Migration {
@@ -106,6 +117,8 @@ export async function migrate(
       const transactional = !NO_TRANSACTION_MARKER.test(m.sql);
       try {
         if (transactional) await client.query('BEGIN');
+        const lock = await client.query<{ held: boolean }>(MIGRATION_LOCK_HELD_SQL);
+        if (!lock.rows[0]?.held) throw new MigrationError(`the migration lock is not held by this session: ${TRANSACTION_POOLER_HINT}`);
         await client.query(m.sql);
         await client.query(
           'INSERT INTO outbox_dispatcher.schema_migrations (version, name, checksum) VALUES ($1, $2, $3)',
@@ -114,6 +127,7 @@ export async function migrate(
         if (transactional) await client.query('COMMIT');
       } catch (err) {
         if (transactional) await client.query('ROLLBACK').catch(() => undefined);
+        if (err instanceof MigrationError) throw err;
         throw new MigrationError(`migration ${m.name} failed: ${(err as Error).message}`, { cause: err });
       }
     }

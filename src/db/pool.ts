@@ -52,7 +52,12 @@ export interface PoolOptions {
   connectionString: string;
   max: number;
   applicationName: string;
-  /** Role every pooled session switches to before its first query. */
+  /**
+   * Role every pooled session switches to before its first query, as a startup option.
+   * Only for logins that cannot act as app_background without a switch (a privileged login
+   * under OUTBOX_ALLOW_PRIVILEGED_ROLE): transaction poolers refuse startup options, so the
+   * normal model is a login that inherits app_background and needs no switch (ADR 0010).
+   */
   role?: string;
   /** Unset: no statement or query timeout (CLI commands that may legitimately run long). */
   timeouts?: DbTimeouts;
@@ -88,9 +93,11 @@ class BoundedClient extends pg.Client {
 }
 
 /**
- * A pg pool whose sessions run as `role`. The role is a startup parameter
+ * A pg pool; with `role`, its sessions run as that role. The role is a startup parameter
  * (`-c role=...`), so the server switches before the first query and refuses the
  * connection outright when the login role may not assume it; RESET ROLE returns to it.
+ * Statements are never named (no server-side prepared statements): each one can land on a
+ * different server connection behind a transaction-mode pooler.
  */
 export function createPool(opts: PoolOptions): pg.Pool {
   const t = opts.timeouts;

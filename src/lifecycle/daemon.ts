@@ -2,7 +2,9 @@ import { sql, type Kysely } from 'kysely';
 import type pg from 'pg';
 import type { CircuitSettings, EnvConfig } from '../config/env.ts';
 import type { Route } from '../config/routes.ts';
-import { BACKGROUND_ROLE, clientQueryTimeoutMs, createKysely, createPool } from '../db/pool.ts';
+import { poolRole } from '../db/login-role.ts';
+import { clientQueryTimeoutMs, createKysely, createPool } from '../db/pool.ts';
+import { notify } from '../db/queries/notify.ts';
 import type { Database } from '../db/schema.ts';
 import { Completer } from '../dispatch/completer.ts';
 import { Dispatcher } from '../dispatch/dispatcher.ts';
@@ -25,8 +27,12 @@ const CLOSE_BOUND_MS = 5000;
 
 export interface DaemonOptions {
   config: EnvConfig;
-  /** The login role's URL; every pooled session switches to app_background. */
+  /** The login role's URL (a member of app_background with INHERIT; may be a transaction pooler). */
   connectionString: string;
+  /** Direct or session-mode URL used only for LISTEN; default connectionString. */
+  listenConnectionString?: string | undefined;
+  /** Sessions switch to app_background with a startup option (privileged login; see preflight). */
+  roleSwitch?: boolean;
   routes: readonly Route[];
   sinks: ReadonlyMap<string, Sink>;
   log: Logger;
@@ -83,7 +89,7 @@ export class Daemon {
       connectionString: opts.connectionString,
       max: config.poolSize,
       applicationName: `outbox-dispatcher:${d.workerId}`.slice(0, 63),
-      role: BACKGROUND_ROLE,
+      role: poolRole(opts.roleSwitch ?? false),
       timeouts: config.db,
     });
     this.db = createKysely(this.pool);
@@ -116,7 +122,8 @@ export class Daemon {
     });
     this.listener = new NotifyListener(
       {
-        connectionString: opts.connectionString,
+        connectionString: opts.listenConnectionString ?? opts.connectionString,
+        notify: (channel, payload) => notify(this.db, channel, payload),
         onNotify: () => this.dispatcher.poke(),
         onConnected: () => this.dispatcher.poke(),
         timeouts: { connectTimeoutMs: config.db.connectTimeoutMs, queryTimeoutMs, keepAliveInitialDelayMs: config.db.keepAliveInitialDelayMs },

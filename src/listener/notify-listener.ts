@@ -1,3 +1,4 @@
+import crypto from 'node:crypto';
 import * as pgListen from 'pg-listen';
 import type { Subscriber } from 'pg-listen';
 import { reconnectDelayMs, sleep, type Service } from '../lifecycle/service.ts';
@@ -13,9 +14,21 @@ const createSubscriber: CreateSubscriber = typeof pgListenDefault === 'function'
 /** The channel the capacity_outbox insert trigger notifies (migrations/0002). */
 export const OUTBOX_CHANNEL = 'capacity_outbox';
 
+/** How long the start-up self-test waits for its own notification. */
+const SELF_TEST_TIMEOUT_MS = 5000;
+const SELF_TEST_PREFIX = 'outbox-dispatcher:self-test:';
+
 export interface NotifyListenerOptions {
+  /** OUTBOX_LISTEN_URL, or DATABASE_URL when that is unset. */
   connectionString: string;
   channel?: string;
+  /**
+   * Sends a notification over another connection (the daemon's pool) for the self-test.
+   * A pooler in transaction mode hands the LISTEN's server connection to other clients, so
+   * notifications never reach this listener; only a notification sent by someone else shows that.
+   */
+  notify?: (channel: string, payload: string) => Promise<void>;
+  selfTestTimeoutMs?: number;
   /** A notification arrived: events may be due. */
   onNotify: () => void;
   /** (Re)connected: notifications may have been missed, so look now. */
@@ -27,7 +40,9 @@ export interface NotifyListenerOptions {
 /**
  * LISTENs on its own connection (pg-listen) and reconnects with capped, jittered
  * backoff for as long as the daemon runs. Notifications are only a latency hint;
- * while disconnected the dispatcher still polls.
+ * while disconnected the dispatcher still polls. After the first LISTEN it checks that a
+ * notification really arrives; when none does (a transaction-mode pooler), it warns once,
+ * sets outbox_listener_polling_only, and closes the connection: polling does the work.
  */
 export class NotifyListener implements Service {
   readonly name = 'notify-listener';
@@ -38,6 +53,8 @@ export class NotifyListener implements Service {
   #subscriber: Subscriber | undefined;
   #loop: Promise<void> | undefined;
   #connected = false;
+  #selfTested = false;
+  #selfTestWaiter: { token: string; arrived: () => void } | undefined;
 
   constructor(opts: NotifyListenerOptions, log: Logger, metrics: DispatcherMetrics) {
     this.#opts = opts;
@@ -62,6 +79,7 @@ export class NotifyListener implements Service {
         await sub.listenTo(this.#opts.channel ?? OUTBOX_CHANNEL);
         this.#subscriber = sub;
         if (this.#stop.signal.aborted) await sub.close().catch(() => undefined);
+        else if (!this.#selfTested) await this.#selfTest(sub);
         return;
       } catch (err) {
         await sub.close().catch(() => undefined);
@@ -98,7 +116,13 @@ export class NotifyListener implements Service {
         retryInterval: (attempt: number) => reconnectDelayMs(attempt, 250, 30_000),
       },
     );
-    sub.notifications.on(channel, () => this.#opts.onNotify());
+    sub.notifications.on(channel, (payload: unknown) => {
+      if (typeof payload === 'string' && payload.startsWith(SELF_TEST_PREFIX)) {
+        if (this.#selfTestWaiter?.token === payload) this.#selfTestWaiter.arrived();
+        return;
+      }
+      this.#opts.onNotify();
+    });
     sub.events.on('connected', () => {
       this.#setConnected(true);
       this.#opts.onConnected();
@@ -119,6 +143,44 @@ export class NotifyListener implements Service {
       }
     });
     return sub;
+  }
+
+  /** NOTIFY from another connection and wait for it here; inconclusive tests are not repeated. */
+  async #selfTest(sub: Subscriber): Promise<void> {
+    const notify = this.#opts.notify;
+    if (!notify) return;
+    this.#selfTested = true;
+    const token = `${SELF_TEST_PREFIX}${crypto.randomUUID()}`;
+    const timeoutMs = this.#opts.selfTestTimeoutMs ?? SELF_TEST_TIMEOUT_MS;
+    let timer: NodeJS.Timeout | undefined;
+    const arrived = new Promise<boolean>((resolve) => {
+      this.#selfTestWaiter = { token, arrived: () => resolve(true) };
+      timer = setTimeout(() => resolve(false), timeoutMs);
+      this.#stop.signal.addEventListener('abort', () => resolve(true), { once: true });
+    });
+    try {
+      await notify(this.#opts.channel ?? OUTBOX_CHANNEL, token);
+    } catch (err) {
+      clearTimeout(timer);
+      this.#selfTestWaiter = undefined;
+      this.#log.warn({ err }, 'LISTEN self-test could not send its notification; assuming notifications work');
+      return;
+    }
+    const ok = await arrived;
+    clearTimeout(timer);
+    this.#selfTestWaiter = undefined;
+    if (ok || this.#stop.signal.aborted) return;
+    this.#log.warn(
+      { waitedMs: timeoutMs },
+      'notifications do not arrive on the LISTEN connection (a transaction-mode pooler such as PgBouncer or Supavisor in transaction mode ' +
+        'does not keep LISTEN); relying on polling every OUTBOX_POLL_INTERVAL_MS. Set OUTBOX_LISTEN_URL to a direct or session-mode URL for prompt wake-ups',
+    );
+    this.#metrics.listenerPollingOnly.set(1);
+    // The LISTEN only occupies a pooled server connection to no effect: let it go.
+    this.#subscriber = undefined;
+    sub.events.removeAllListeners('error');
+    await sub.close().catch(() => undefined);
+    this.#setConnected(false);
   }
 
   #setConnected(up: boolean): void {

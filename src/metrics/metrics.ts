@@ -27,6 +27,7 @@ export class DispatcherMetrics {
   readonly circuitTransitions: Counter<'sink' | 'state'>;
   readonly listenerConnected: Gauge;
   readonly listenerReconnects: Counter;
+  readonly listenerPollingOnly: Gauge;
   readonly backlog: Gauge<'status'>;
   readonly oldestDueAge: Gauge;
   readonly backlogSampleErrors: Counter;
@@ -136,6 +137,12 @@ export class DispatcherMetrics {
       help: 'Reconnection attempts of the LISTEN connection.',
       registers: r,
     });
+    this.listenerPollingOnly = new Gauge({
+      name: 'outbox_listener_polling_only',
+      help: '1 when the start-up self-test found that notifications do not arrive (LISTEN through a transaction pooler; set OUTBOX_LISTEN_URL): wake-ups rely on polling alone.',
+      registers: r,
+    });
+    this.listenerPollingOnly.set(0);
     this.backlog = new Gauge({
       name: 'outbox_backlog_events',
       help: 'Events by status (pending, processing, dead), counted up to OUTBOX_BACKLOG_COUNT_CAP (a value at the cap means at least that many).',

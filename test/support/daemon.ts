@@ -14,7 +14,15 @@ export const NOOP_ROUTES: RoutesFileInput = { routes: [{ match: '*', sink: { typ
  */
 export async function startDaemon(
   db: TestDatabase,
-  opts: { routes?: RoutesFileInput; env?: Record<string, string>; sinks?: Record<string, Sink>; connectionString?: string } = {},
+  opts: {
+    routes?: RoutesFileInput;
+    env?: Record<string, string>;
+    sinks?: Record<string, Sink>;
+    /** The daemon's DATABASE_URL (default: the worker login, direct). */
+    connectionString?: string;
+    /** OUTBOX_LISTEN_URL. */
+    listenUrl?: string;
+  } = {},
 ): Promise<Daemon> {
   const config = loadEnvConfig({
     METRICS_PORT: '0',
@@ -31,7 +39,7 @@ export async function startDaemon(
   const log = createLogger(config.logLevel);
   const sinks = createSinks(routes, log, {});
   for (const [name, sink] of Object.entries(opts.sinks ?? {})) sinks.set(name, sink);
-  const daemon = new Daemon({ config, connectionString: opts.connectionString ?? db.workerUrl, routes, sinks, log });
+  const daemon = new Daemon({ config, connectionString: opts.connectionString ?? db.workerUrl, listenConnectionString: opts.listenUrl, routes, sinks, log });
   await daemon.start();
   return daemon;
 }

@@ -2,7 +2,7 @@ import crypto from 'node:crypto';
 import { Kysely } from 'kysely';
 import pg from 'pg';
 import { inject } from 'vitest';
-import { BACKGROUND_ROLE, createKysely, createPool } from '../../src/db/pool.ts';
+import { createKysely, createPool } from '../../src/db/pool.ts';
 import type { Database } from '../../src/db/schema.ts';
 import { TEST_ROLES } from './roles.ts';
 
@@ -16,8 +16,11 @@ export interface TestDatabase {
   producerUrl: string;
   /** Runs a query as the superuser. */
   query<R extends pg.QueryResultRow = pg.QueryResultRow>(text: string, values?: unknown[]): Promise<pg.QueryResult<R>>;
-  /** A Kysely over a pool running as app_background, closed by drop(). */
-  workerDb(): Kysely<Database>;
+  /**
+   * A Kysely over a pool of the worker login (which inherits app_background, as the daemon's
+   * does: no role switch), closed by drop(). `url` replaces the worker URL (e.g. via PgBouncer).
+   */
+  workerDb(url?: string): Kysely<Database>;
   drop(): Promise<void>;
 }
 
@@ -54,8 +57,8 @@ export async function createTestDatabase(): Promise<TestDatabase> {
     workerUrl: withUser(root, name, TEST_ROLES.worker),
     producerUrl: withUser(root, name, TEST_ROLES.producer),
     query: (text, values) => admin.query(text, values),
-    workerDb() {
-      const db = createKysely(createPool({ connectionString: withUser(root, name, TEST_ROLES.worker), max: 6, applicationName: 'test', role: BACKGROUND_ROLE }));
+    workerDb(url?: string) {
+      const db = createKysely(createPool({ connectionString: url ?? withUser(root, name, TEST_ROLES.worker), max: 6, applicationName: 'test' }));
       dbs.push(db);
       return db;
     },

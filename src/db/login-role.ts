@@ -1,0 +1,85 @@
+import pg from 'pg';
+import { EXIT, StartupError } from '../lifecycle/errors.ts';
+import { BACKGROUND_ROLE } from './pool.ts';
+
+export interface LoginRole {
+  loginRole: string;
+  superuser: boolean;
+  bypassRls: boolean;
+  /** Null when app_background does not exist (the database is not migrated). */
+  member: boolean | null;
+  /** The login holds app_background's privileges without SET ROLE (INHERIT membership). */
+  inherits: boolean | null;
+  backgroundPrivileged: boolean | null;
+}
+
+/** What the connected login is, as far as running as app_background goes. */
+export async function inspectLoginRole(client: pg.ClientBase): Promise<LoginRole> {
+  const { rows } = await client.query<LoginRole>(
+    `SELECT l.rolname AS "loginRole", l.rolsuper AS superuser, l.rolbypassrls AS "bypassRls",
+            CASE WHEN b.oid IS NULL THEN NULL ELSE pg_has_role(l.oid, b.oid, 'MEMBER') END AS member,
+            CASE WHEN b.oid IS NULL THEN NULL ELSE pg_has_role(l.oid, b.oid, 'USAGE') END AS inherits,
+            b.rolsuper OR b.rolbypassrls AS "backgroundPrivileged"
+     FROM pg_roles l LEFT JOIN pg_roles b ON b.rolname = $1
+     WHERE l.rolname = session_user`,
+    [BACKGROUND_ROLE],
+  );
+  return rows[0]!;
+}
+
+/**
+ * Whether sessions of this login must switch to app_background, or a StartupError when the
+ * login may not run the daemon at all.
+ *
+ * The normal model needs no switch and no session state: the login is a non-privileged
+ * member of app_background with INHERIT, so every statement runs with app_background's
+ * privileges and its RLS policy (policies apply to members that inherit), through any pooler.
+ * Only a privileged login allowed by OUTBOX_ALLOW_PRIVILEGED_ROLE needs a switch, because a
+ * superuser or BYPASSRLS role would skip RLS; that switch is a startup option, which
+ * transaction-mode poolers refuse (ADR 0010).
+ */
+export function roleSwitchNeeded(role: LoginRole, opts: { allowPrivilegedRole: boolean }): boolean {
+  if (role.member === null) {
+    throw new StartupError(
+      `role ${BACKGROUND_ROLE} does not exist: the database is not migrated; run "outbox-dispatcher migrate" as the schema owner`,
+      EXIT.SCHEMA_BEHIND,
+    );
+  }
+  if (role.backgroundPrivileged) {
+    throw new StartupError(
+      `role ${BACKGROUND_ROLE} is SUPERUSER or BYPASSRLS, which defeats tenant isolation; run ALTER ROLE ${BACKGROUND_ROLE} NOSUPERUSER NOBYPASSRLS`,
+      EXIT.PRIVILEGED_ROLE,
+    );
+  }
+  const login = pg.escapeIdentifier(role.loginRole);
+  if (role.superuser || role.bypassRls) {
+    const what = role.superuser ? 'a superuser' : 'a BYPASSRLS role';
+    if (!opts.allowPrivilegedRole) {
+      throw new StartupError(
+        `refusing to run as ${what} (${role.loginRole}); connect as a login role that is a member of ${BACKGROUND_ROLE} ` +
+          `(CREATE ROLE outbox_dispatcher LOGIN PASSWORD '...' IN ROLE ${BACKGROUND_ROLE}), or set OUTBOX_ALLOW_PRIVILEGED_ROLE=true to override`,
+        EXIT.PRIVILEGED_ROLE,
+      );
+    }
+    return true;
+  }
+  if (!role.member) {
+    throw new StartupError(
+      `login role ${role.loginRole} is not a member of ${BACKGROUND_ROLE}; run GRANT ${BACKGROUND_ROLE} TO ${login}`,
+      EXIT.PRIVILEGED_ROLE,
+    );
+  }
+  if (!role.inherits) {
+    throw new StartupError(
+      `login role ${role.loginRole} is a member of ${BACKGROUND_ROLE} without INHERIT, so it would need SET ROLE on every session, ` +
+        `which transaction-mode poolers cannot keep; run ALTER ROLE ${login} INHERIT (PostgreSQL 16+: GRANT ${BACKGROUND_ROLE} TO ${login} WITH INHERIT TRUE)`,
+      EXIT.PRIVILEGED_ROLE,
+    );
+  }
+  return false;
+}
+
+/** The role option for createPool: app_background only when a switch is needed. */
+export function poolRole(roleSwitch: boolean): string | undefined {
+  return roleSwitch ? BACKGROUND_ROLE : undefined;
+}

@@ -1,0 +1,7 @@
+import { sql, type Kysely } from 'kysely';
+import type { Database } from '../schema.ts';
+
+/** pg_notify through the pool (the LISTEN self-test's notification comes from another connection). */
+export async function notify(db: Kysely<Database>, channel: string, payload: string): Promise<void> {
+  await sql`SELECT pg_notify(${channel}, ${payload})`.execute(db);
+}
