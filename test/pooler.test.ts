@@ -98,14 +98,17 @@ describe.skipIf(missing)('through PgBouncer in transaction mode', () => {
     ).rejects.toThrow(/permission denied|row-level security/);
   });
 
-  it('migrate refuses a transaction pooler with exit 78 naming the URL; --status and other commands work through it', async () => {
+  it('migrate and adopt refuse a transaction pooler with exit 78 naming the URL; --status and other commands work through it', async () => {
     const through = await runCli(['migrate'], { DATABASE_URL: bouncer.via(db.adminUrl) });
     expect(through.code).toBe(78);
-    expect(through.stderr).toMatch(/invalid configuration: DATABASE_URL: migrations need a direct or session-mode connection/);
+    expect(through.stderr).toMatch(/invalid configuration: DATABASE_URL: migrate and partitions adopt need a direct or session-mode connection/);
     expect(through.stderr).not.toMatch(/\n\s+at /);
     const viaFlag = await runCli(['migrate', '--database-url', bouncer.via(db.adminUrl)], {});
     expect(viaFlag.code).toBe(78);
-    expect(viaFlag.stderr).toMatch(/--database-url: migrations need a direct or session-mode connection/);
+    expect(viaFlag.stderr).toMatch(/--database-url: migrate and partitions adopt need a direct or session-mode connection/);
+    const adopt = await runCli(['partitions', 'adopt', '--table', 'public.capacity_outbox'], { MIGRATION_DATABASE_URL: bouncer.via(db.adminUrl) });
+    expect(adopt.code).toBe(78);
+    expect(adopt.stderr).toMatch(/MIGRATION_DATABASE_URL: migrate and partitions adopt need a direct or session-mode connection/);
     const status = await runCli(['migrate', '--status', '--json'], { DATABASE_URL: bouncer.via(db.adminUrl) });
     expect(status.code).toBe(0);
     const direct = await runCli(['migrate'], { DATABASE_URL: db.adminUrl });

@@ -83,7 +83,10 @@ export function alertRules(opts: RuleOptions = {}): AlertRule[] {
     rule('OutboxClaimErrors', 'warning', `sum(increase(outbox_claim_errors_total{${sel}}[${w(300)}])) > 3`, 300,
       'Claim statements are failing',
       'Dispatchers cannot claim events (database errors); they back off and retry.'),
-    rule('OutboxListenerDisconnected', 'warning', `outbox_listener_connected{${sel}} == 0`, 300,
+    // A replica that found at start-up that notifications cannot arrive (transaction pooler, no
+    // OUTBOX_LISTEN_URL) polls by design and said so once; it is not "disconnected".
+    rule('OutboxListenerDisconnected', 'warning',
+      `outbox_listener_connected{${sel}} == 0 unless on (job, instance) outbox_listener_polling_only{${sel}} == 1`, 300,
       'Dispatcher {{ $labels.instance }} lost its LISTEN connection',
       'Wake-ups have degraded to polling (latency up to OUTBOX_POLL_INTERVAL_MS). Delivery continues.'),
     rule('OutboxLeasesRescuedRepeatedly', 'warning', `sum(increase(outbox_lease_rescued_total{${sel}}[${w(1800)}])) > 5`, 0,

@@ -47,7 +47,7 @@ export const alertCases: AlertCase[] = [
     labels: {},
   },
   { alert: 'OutboxClaimErrors', series: { [`outbox_claim_errors_total{${J},${I}}`]: '0x5 0+2x20' }, quietAt: '4m', firingAt: '16m', labels: {} },
-  { alert: 'OutboxListenerDisconnected', series: { [`outbox_listener_connected{${J},${I}}`]: '1 1 0x10' }, quietAt: '4m', firingAt: '9m', labels: { job: 'outbox-dispatcher', instance: 'worker-1:9464' } },
+  { alert: 'OutboxListenerDisconnected', series: { [`outbox_listener_connected{${J},${I}}`]: '1 1 0x10', [`outbox_listener_polling_only{${J},${I}}`]: '0x12' }, quietAt: '4m', firingAt: '9m', labels: { job: 'outbox-dispatcher', instance: 'worker-1:9464' } },
   { alert: 'OutboxLeasesRescuedRepeatedly', series: { [`outbox_lease_rescued_total{${J},${I},result="requeued"}`]: '0x5 0+1x30' }, quietAt: '4m', firingAt: '20m', labels: {} },
   { alert: 'OutboxPartitionRunwayLow', series: { [`outbox_partition_runway_seconds{${J},${I},${T}}`]: '8000000x5 4000000x100' }, quietAt: '30m', firingAt: '70m', labels: { table: 'public.capacity_outbox' } },
   { alert: 'OutboxPartitionRunwayCritical', series: { [`outbox_partition_runway_seconds{${J},${I},${T}}`]: '8000000x3 1000000x20' }, quietAt: '8m', firingAt: '16m', labels: { table: 'public.capacity_outbox' } },

@@ -1,6 +1,9 @@
 import type { Kysely } from 'kysely';
 import pg from 'pg';
 import { loadEnvConfig, type EnvConfig } from '../config/env.ts';
+import { ConfigError } from '../config/errors.ts';
+import { TRANSACTION_POOLER_HINT } from '../db/migrator.ts';
+import { probePooler } from '../db/pooler.ts';
 import { inspectLoginRole, poolRole, roleSwitchNeeded } from '../db/login-role.ts';
 import { createKysely, createPool } from '../db/pool.ts';
 import type { Database } from '../db/schema.ts';
@@ -78,4 +81,15 @@ export async function withDatabase<T>(opts: { databaseUrl?: string }, env: NodeJ
     await db?.destroy();
     await conn.release();
   }
+}
+
+/**
+ * Owner work that holds session state (migrate's advisory lock, adopt's session settings) needs
+ * a direct or session-mode connection: exit 78 naming the setting the URL came from when it is
+ * a transaction-mode pooler, before anything is locked or changed.
+ */
+export async function assertSessionConnection(client: pg.Client, url: string, opts: { flagUrl: string | undefined; config: EnvConfig }): Promise<void> {
+  if (!(await probePooler(client, url)).transactionPooled) return;
+  const key = opts.flagUrl ? '--database-url' : opts.config.migrationDatabaseUrl ? 'MIGRATION_DATABASE_URL' : 'DATABASE_URL';
+  throw new ConfigError(key, TRANSACTION_POOLER_HINT);
 }

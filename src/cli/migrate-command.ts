@@ -1,10 +1,8 @@
 import { loadEnvConfig } from '../config/env.ts';
-import { loadMigrations, migrate, migrationStatus, TRANSACTION_POOLER_HINT } from '../db/migrator.ts';
-import { probePooler } from '../db/pooler.ts';
-import { ConfigError } from '../config/errors.ts';
+import { loadMigrations, migrate, migrationStatus } from '../db/migrator.ts';
 import { EXIT } from '../lifecycle/errors.ts';
 import { createLogger } from '../log.ts';
-import { withClient } from './connection.ts';
+import { assertSessionConnection, withClient } from './connection.ts';
 import { printJson, table } from './output.ts';
 
 export interface MigrateOptions {
@@ -18,7 +16,6 @@ export async function migrateCommand(opts: MigrateOptions, env: NodeJS.ProcessEn
   const config = loadEnvConfig(env);
   const log = createLogger(config.logLevel === 'info' ? 'warn' : config.logLevel);
   const url = opts.databaseUrl ?? config.migrationDatabaseUrl;
-  const key = opts.databaseUrl ? '--database-url' : config.migrationDatabaseUrl ? 'MIGRATION_DATABASE_URL' : 'DATABASE_URL';
   return withClient(config, log, { as: 'superuser', url, applicationName: 'outbox-dispatcher-migrate' }, async (client, connectionString) => {
     const migrations = loadMigrations();
     if (opts.status) {
@@ -29,9 +26,7 @@ export async function migrateCommand(opts: MigrateOptions, env: NodeJS.ProcessEn
       return status.pending.length > 0 ? EXIT.SCHEMA_BEHIND : EXIT.OK;
     }
     // Refuse before taking the session lock a transaction pooler would strand on some server session.
-    if ((await probePooler(client, connectionString)).transactionPooled) {
-      throw new ConfigError(key, TRANSACTION_POOLER_HINT);
-    }
+    await assertSessionConnection(client, connectionString, { flagUrl: opts.databaseUrl, config });
     const applied = await migrate(client, { migrations });
     if (opts.json) printJson({ applied });
     else process.stdout.write(applied.length ? `applied: ${applied.join(', ')}\n` : 'schema is up to date\n');

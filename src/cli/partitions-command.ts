@@ -5,7 +5,7 @@ import { adoptTable } from '../partitions/adopt.ts';
 import { parseTableRef } from '../partitions/registry.ts';
 import { PartitionRotator, rotationDeferred, rotationFailed } from '../partitions/rotator.ts';
 import { partitionStatus } from '../partitions/status.ts';
-import { withClient, withDatabase } from './connection.ts';
+import { assertSessionConnection, withClient, withDatabase } from './connection.ts';
 import { parsePositiveInt } from './parse.ts';
 import { printJson, table } from './output.ts';
 
@@ -102,9 +102,10 @@ export async function partitionsAdoptCommand(
   const config = loadEnvConfig(env);
   const log = createLogger(config.logLevel === 'info' ? 'warn' : config.logLevel);
   const url = opts.databaseUrl ?? config.migrationDatabaseUrl;
-  const result = await withClient(config, log, { as: 'superuser', url, applicationName: 'outbox-dispatcher-adopt' }, (client) =>
-    adoptTable(client, log, { table: opts.table, batchSize, onStep: opts.json ? undefined : (m) => process.stdout.write(`${m}\n`) }),
-  );
+  const result = await withClient(config, log, { as: 'superuser', url, applicationName: 'outbox-dispatcher-adopt' }, async (client, connectionString) => {
+    await assertSessionConnection(client, connectionString, { flagUrl: opts.databaseUrl, config });
+    return adoptTable(client, log, { table: opts.table, batchSize, onStep: opts.json ? undefined : (m) => process.stdout.write(`${m}\n`) });
+  });
   if (opts.json) printJson(result);
   return EXIT.OK;
 }

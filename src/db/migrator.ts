@@ -17,7 +17,7 @@ const MIGRATION_LOCK_HELD_SQL = `SELECT EXISTS (
 
 /** The message for a migration run through a transaction-mode pooler. */
 export const TRANSACTION_POOLER_HINT =
-  'migrations need a direct or session-mode connection (they hold a session advisory lock), and this one goes through a ' +
+  'migrate and partitions adopt need a direct or session-mode connection (they hold a session advisory lock or session settings), and this one goes through a ' +
   'transaction-mode pooler (PgBouncer pool_mode=transaction, Supavisor port 6543); use the direct URL or the session pooler (Supabase: port 5432)';
 const NO_TRANSACTION_MARKER = /^--\s*outbox:no-transaction\b/m;
 
