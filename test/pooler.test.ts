@@ -98,7 +98,7 @@ describe.skipIf(missing)('through PgBouncer in transaction mode', () => {
     ).rejects.toThrow(/permission denied|row-level security/);
   });
 
-  it('migrate and adopt refuse a transaction pooler with exit 78 naming the URL; --status and other commands work through it', async () => {
+  it('migrate and adopt refuse a transaction pooler with exit 78 naming the URL', async () => {
     const through = await runCli(['migrate'], { DATABASE_URL: bouncer.via(db.adminUrl) });
     expect(through.code).toBe(78);
     expect(through.stderr).toMatch(/invalid configuration: DATABASE_URL: migrate and partitions adopt need a direct or session-mode connection/);
@@ -109,6 +109,9 @@ describe.skipIf(missing)('through PgBouncer in transaction mode', () => {
     const adopt = await runCli(['partitions', 'adopt', '--table', 'public.capacity_outbox'], { MIGRATION_DATABASE_URL: bouncer.via(db.adminUrl) });
     expect(adopt.code).toBe(78);
     expect(adopt.stderr).toMatch(/MIGRATION_DATABASE_URL: migrate and partitions adopt need a direct or session-mode connection/);
+  }, 180_000);
+
+  it('migrate --status, a direct migrate and the operator CLI work through it as before', async () => {
     const status = await runCli(['migrate', '--status', '--json'], { DATABASE_URL: bouncer.via(db.adminUrl) });
     expect(status.code).toBe(0);
     const direct = await runCli(['migrate'], { DATABASE_URL: db.adminUrl });
@@ -116,7 +119,7 @@ describe.skipIf(missing)('through PgBouncer in transaction mode', () => {
     const stats = await runCli(['events', 'stats', '--json'], { DATABASE_URL: bouncer.via(db.workerUrl) });
     expect(stats.stderr).toBe('');
     expect(stats.code).toBe(0);
-  });
+  }, 180_000);
 
   describe.each([
     { mode: 'without OUTBOX_LISTEN_URL (polling only)', listen: false },
@@ -204,5 +207,26 @@ describe.skipIf(missing)('through PgBouncer in transaction mode', () => {
         await daemon.stop();
       }
     });
+  });
+});
+
+describe('the login role model (no pooler needed)', () => {
+  it('refuses a member of app_background without INHERIT, naming the fix (exit 77)', async () => {
+    const mine = missing ? await createTestDatabase() : db;
+    const role = `outbox_noinherit_${process.pid}_${Date.now().toString(36)}`;
+    await mine.query(`CREATE ROLE ${role} LOGIN NOINHERIT PASSWORD '${TEST_ROLES.password}' IN ROLE app_background`);
+    try {
+      const u = new URL(mine.workerUrl);
+      u.username = role;
+      const err = await preflight(u.toString(), { allowPrivilegedRole: false, log }).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(StartupError);
+      expect((err as StartupError).exitCode).toBe(77);
+      expect((err as Error).message).toMatch(new RegExp(`member of app_background without INHERIT.*ALTER ROLE "${role}" INHERIT`));
+      await mine.query(`ALTER ROLE ${role} INHERIT`);
+      await expect(preflight(u.toString(), { allowPrivilegedRole: false, log })).resolves.toEqual({ roleSwitch: false });
+    } finally {
+      await mine.query(`DROP ROLE ${role}`);
+      if (missing) await mine.drop();
+    }
   });
 });
