@@ -33,6 +33,7 @@ const event = (over: Partial<OutboxEvent> = {}): OutboxEvent => ({
   attempt: 1,
   dedupeKey: null,
   idempotencyKey: null,
+  headers: {},
   ...over,
 });
 const natsConfig = (subject: string, servers = NATS) => parseRoutes({ routes: [{ match: '*', sink: { type: 'nats', servers, subject, timeoutMs: 2000 } }] }).routes[0]!.sink as never;

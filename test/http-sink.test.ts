@@ -16,6 +16,7 @@ const event: OutboxEvent = {
   attempt: 2,
   dedupeKey: 'b-42',
   idempotencyKey: null,
+  headers: {},
 };
 
 const ctx = (signal = new AbortController().signal): SinkContext => ({ signal, withTenant: () => Promise.reject(new Error('unused')) });

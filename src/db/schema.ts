@@ -14,6 +14,8 @@ export interface CapacityOutboxTable {
   payload: ColumnType<unknown, string | undefined, string>;
   dedupe_key: string | null;
   idempotency_key: string | null;
+  /** Producer headers (migration 0009): an object of strings, or null. */
+  headers: ColumnType<unknown, string | null | undefined, string | null>;
   status: Generated<OutboxStatus>;
   attempts: Generated<number>;
   next_attempt_at: ColumnType<Date, Date | string | undefined, Date | string>;

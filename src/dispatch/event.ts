@@ -1,6 +1,7 @@
 import { EVENT_TYPE_PATTERN } from '../config/routes.ts';
 import { jsonbTextBytes } from '../db/pool.ts';
 import type { ClaimedRow } from '../db/queries/outbox.ts';
+import { checkHeaders, forwardedHeaders } from './headers.ts';
 
 /** What a sink is given: one event, already validated. */
 export interface OutboxEvent {
@@ -13,6 +14,11 @@ export interface OutboxEvent {
   attempt: number;
   dedupeKey: string | null;
   idempotencyKey: string | null;
+  /**
+   * What sinks add to the message from the producer's headers column: traceparent and
+   * tracestate when valid, everything else as x-outbox-header-<name> (src/dispatch/headers.ts).
+   */
+  headers: Readonly<Record<string, string>>;
 }
 
 export type EventCheck = { ok: true; event: OutboxEvent } | { ok: false; reason: string };
@@ -33,6 +39,8 @@ export function checkEvent(row: ClaimedRow, maxPayloadBytes: number): EventCheck
   if (size > maxPayloadBytes) {
     return { ok: false, reason: `malformed: payload is ${size} bytes, over OUTBOX_MAX_PAYLOAD_BYTES (${maxPayloadBytes})` };
   }
+  const headers = checkHeaders(row.headers, row.headers !== null && typeof row.headers === 'object' ? jsonbTextBytes(row.headers) : undefined);
+  if (!headers.ok) return headers;
   return {
     ok: true,
     event: {
@@ -44,6 +52,7 @@ export function checkEvent(row: ClaimedRow, maxPayloadBytes: number): EventCheck
       attempt: row.attempts,
       dedupeKey: row.dedupe_key,
       idempotencyKey: row.idempotency_key,
+      headers: forwardedHeaders(headers.headers),
     },
   };
 }

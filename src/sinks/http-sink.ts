@@ -70,7 +70,9 @@ export class HttpSink implements Sink {
 
   async send(event: OutboxEvent, ctx: SinkContext): Promise<void> {
     const text = JSON.stringify(eventBody(event));
+    // Forwarded producer headers first: the route's and the sink's own headers always win.
     const headers: Record<string, string> = {
+      ...event.headers,
       ...this.#headers,
       'content-type': 'application/json',
       'content-length': String(Buffer.byteLength(text)),

@@ -47,6 +47,7 @@ export class NatsSink implements Sink {
     if (ctx.signal.aborted) throw new DispatchAbortedError('shutdown before publishing');
     const subject = renderTemplate(this.#config.subject, event);
     const h = headers();
+    for (const [name, value] of Object.entries(event.headers)) h.set(name, value);
     h.set('Content-Type', 'application/json');
     h.set('X-Outbox-Event-Type', event.eventType);
     h.set('X-Restaurant-Id', event.restaurantId);

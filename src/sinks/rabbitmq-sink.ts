@@ -111,7 +111,7 @@ export class RabbitMqSink implements Sink {
               messageId: event.id,
               contentType: 'application/json',
               timestamp: Math.floor(event.createdAt.getTime() / 1000),
-              headers: { 'x-outbox-event-type': event.eventType, 'x-restaurant-id': event.restaurantId, 'x-outbox-attempt': event.attempt },
+              headers: { ...event.headers, 'x-outbox-event-type': event.eventType, 'x-restaurant-id': event.restaurantId, 'x-outbox-attempt': event.attempt },
             },
             (err) => (err ? reject(err) : resolve()),
           );

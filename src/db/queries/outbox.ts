@@ -15,6 +15,8 @@ export interface ClaimedRow {
   payload: unknown;
   dedupe_key: string | null;
   idempotency_key: string | null;
+  /** The producer's headers column, unvalidated (checkEvent validates it). */
+  headers: unknown;
   attempts: number;
 }
 
@@ -75,6 +77,7 @@ export function claimQuery(db: Kysely<Database>, args: { workerId: string; limit
       'o.payload',
       'o.dedupe_key',
       'o.idempotency_key',
+      'o.headers',
       'o.attempts',
     ]);
 }
