@@ -55,14 +55,16 @@ describe('migrations', () => {
       const last = loadMigrations().at(-1)!;
       await db.query('INSERT INTO outbox_dispatcher.schema_migrations (version, name, checksum) VALUES ($1, $2, $3)', [last.version, last.name, last.checksum]);
     }
-    await expect(preflight(db.workerUrl, { allowPrivilegedRole: false, log: createLogger('silent') })).resolves.toBeUndefined();
+    // The worker login inherits app_background: no role switch (ADR 0010).
+    await expect(preflight(db.workerUrl, { allowPrivilegedRole: false, log: createLogger('silent') })).resolves.toEqual({ roleSwitch: false });
   });
 
   it('refuses a superuser login unless explicitly overridden (exit 77)', async () => {
     const err = await preflight(db.adminUrl, { allowPrivilegedRole: false, log: createLogger('silent') }).catch((e: unknown) => e);
     expect((err as StartupError).exitCode).toBe(EXIT.PRIVILEGED_ROLE);
     expect((err as Error).message).toMatch(/refusing to run as a superuser/);
-    await expect(preflight(db.adminUrl, { allowPrivilegedRole: true, log: createLogger('silent') })).resolves.toBeUndefined();
+    // Overridden, a superuser must switch to app_background, or RLS would not apply.
+    await expect(preflight(db.adminUrl, { allowPrivilegedRole: true, log: createLogger('silent') })).resolves.toEqual({ roleSwitch: true });
   });
 });
 
@@ -104,12 +106,12 @@ describe('schema', () => {
       `SELECT column_name, is_nullable, column_default FROM information_schema.columns
        WHERE table_schema = 'public' AND table_name = 'capacity_outbox'`,
     );
-    const contract = ['restaurant_id', 'event_type', 'payload', 'dedupe_key', 'idempotency_key'];
+    const contract = ['restaurant_id', 'event_type', 'payload', 'dedupe_key', 'idempotency_key', 'headers'];
     for (const col of rows.filter((r) => !contract.includes(r.column_name))) {
       expect(col.is_nullable === 'YES' || col.column_default !== null, `${col.column_name} needs a default`).toBe(true);
     }
     expect(rows.map((r) => r.column_name).sort()).toEqual(
-      ['attempts', 'created_at', 'dedupe_key', 'dispatched_at', 'event_type', 'id', 'idempotency_key', 'last_error', 'locked_by', 'locked_until', 'next_attempt_at', 'payload', 'restaurant_id', 'status'].sort(),
+      ['attempts', 'created_at', 'dedupe_key', 'dispatched_at', 'event_type', 'headers', 'id', 'idempotency_key', 'last_error', 'locked_by', 'locked_until', 'next_attempt_at', 'payload', 'restaurant_id', 'status'].sort(),
     );
   });
 });
