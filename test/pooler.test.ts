@@ -190,13 +190,18 @@ describe.skipIf(missing)('through PgBouncer in transaction mode', () => {
         const tenant = tenantId();
         const ids = await produce(bouncer.via(db.producerUrl), tenant, Array.from({ length: 200 }, () => ({ type: 'kill' })));
         await waitFor(() => sink.calls.filter((c) => ids.includes(c.event.id)).length >= 20, { what: 'some delivered' });
+        // Twice: each time as soon as PgBouncer has server connections for the worker again.
         for (let k = 0; k < 2; k++) {
-          const killed = await db.query(
-            `SELECT count(pg_terminate_backend(pid))::int AS n FROM pg_stat_activity WHERE usename = $1 AND datname = $2`,
-            [TEST_ROLES.worker, db.name],
+          await waitFor(
+            async () =>
+              (
+                await db.query(
+                  `SELECT count(pg_terminate_backend(pid))::int AS n FROM pg_stat_activity WHERE usename = $1 AND datname = $2`,
+                  [TEST_ROLES.worker, db.name],
+                )
+              ).rows[0].n > 0,
+            { what: 'server connections of the worker to terminate' },
           );
-          expect(killed.rows[0].n).toBeGreaterThan(0);
-          await new Promise((r) => setTimeout(r, 200));
         }
         await waitFor(() => ids.every((id) => sink.calls.some((c) => c.event.id === id)), { what: 'all delivered after the kills', timeoutMs: 90_000 });
         await waitFor(
