@@ -125,13 +125,13 @@ describe.skipIf(missing)('through PgBouncer in transaction mode', () => {
     { mode: 'without OUTBOX_LISTEN_URL (polling only)', listen: false },
     { mode: 'with OUTBOX_LISTEN_URL (direct)', listen: true },
   ])('the daemon $mode', ({ listen }) => {
-    async function start(sink: ReturnType<typeof recordingSink>, env: Record<string, string> = {}): Promise<Daemon> {
+    async function start(sink: ReturnType<typeof recordingSink>, env: Record<string, string> = {}, opts: { notifyOnly?: boolean } = {}): Promise<Daemon> {
       const daemon = await startDaemon(db, {
         connectionString: bouncer.via(db.workerUrl),
         ...(listen ? { listenUrl: db.workerUrl } : {}),
         sinks: { test: sink },
-        // With a listen URL, only a notification can wake it within the test's time.
-        env: { OUTBOX_POLL_INTERVAL_MS: listen ? '600000' : '100', ...env },
+        // notifyOnly: with a listen URL, only a notification can wake it within the test's time.
+        env: { OUTBOX_POLL_INTERVAL_MS: listen && opts.notifyOnly ? '600000' : '100', ...env },
       });
       if (listen) {
         await waitFor(async () => (await metricTotal(daemon.metrics.listenerConnected)) === 1, { what: 'LISTEN connected' });
@@ -143,7 +143,7 @@ describe.skipIf(missing)('through PgBouncer in transaction mode', () => {
 
     it('delivers every event, and reports how it is woken', async () => {
       const sink = recordingSink('test');
-      const daemon = await start(sink);
+      const daemon = await start(sink, {}, { notifyOnly: true });
       try {
         const tenant = tenantId();
         const ids = await produce(bouncer.via(db.producerUrl), tenant, Array.from({ length: 30 }, () => ({ type: 'delivery' })));
@@ -226,8 +226,11 @@ describe('the login role model (no pooler needed)', () => {
       const err = await preflight(u.toString(), { allowPrivilegedRole: false, log }).catch((e: unknown) => e);
       expect(err).toBeInstanceOf(StartupError);
       expect((err as StartupError).exitCode).toBe(77);
-      expect((err as Error).message).toMatch(new RegExp(`member of app_background without INHERIT.*ALTER ROLE "${role}" INHERIT`));
-      await mine.query(`ALTER ROLE ${role} INHERIT`);
+      const v16 = Number((await mine.query('SHOW server_version_num')).rows[0].server_version_num) >= 160000;
+      const fix = v16 ? `GRANT app_background TO "${role}" WITH INHERIT TRUE` : `ALTER ROLE "${role}" INHERIT`;
+      expect((err as Error).message).toContain(fix);
+      expect((err as Error).message).toMatch(/member of app_background without INHERIT/);
+      await mine.query(fix);
       await expect(preflight(u.toString(), { allowPrivilegedRole: false, log })).resolves.toEqual({ roleSwitch: false });
     } finally {
       await mine.query(`DROP ROLE ${role}`);

@@ -11,6 +11,8 @@ export interface LoginRole {
   /** The login holds app_background's privileges without SET ROLE (INHERIT membership). */
   inherits: boolean | null;
   backgroundPrivileged: boolean | null;
+  /** server_version_num: INHERIT is a role attribute up to 15, a grant option from 16. */
+  serverVersion: number;
 }
 
 /** What the connected login is, as far as running as app_background goes. */
@@ -19,7 +21,8 @@ export async function inspectLoginRole(client: pg.ClientBase): Promise<LoginRole
     `SELECT l.rolname AS "loginRole", l.rolsuper AS superuser, l.rolbypassrls AS "bypassRls",
             CASE WHEN b.oid IS NULL THEN NULL ELSE pg_has_role(l.oid, b.oid, 'MEMBER') END AS member,
             CASE WHEN b.oid IS NULL THEN NULL ELSE pg_has_role(l.oid, b.oid, 'USAGE') END AS inherits,
-            b.rolsuper OR b.rolbypassrls AS "backgroundPrivileged"
+            b.rolsuper OR b.rolbypassrls AS "backgroundPrivileged",
+            current_setting('server_version_num')::int AS "serverVersion"
      FROM pg_roles l LEFT JOIN pg_roles b ON b.rolname = $1
      WHERE l.rolname = session_user`,
     [BACKGROUND_ROLE],
@@ -72,7 +75,8 @@ export function roleSwitchNeeded(role: LoginRole, opts: { allowPrivilegedRole: b
   if (!role.inherits) {
     throw new StartupError(
       `login role ${role.loginRole} is a member of ${BACKGROUND_ROLE} without INHERIT, so it would need SET ROLE on every session, ` +
-        `which transaction-mode poolers cannot keep; run ALTER ROLE ${login} INHERIT (PostgreSQL 16+: GRANT ${BACKGROUND_ROLE} TO ${login} WITH INHERIT TRUE)`,
+        `which transaction-mode poolers cannot keep; run ` +
+        (role.serverVersion >= 160000 ? `GRANT ${BACKGROUND_ROLE} TO ${login} WITH INHERIT TRUE` : `ALTER ROLE ${login} INHERIT`),
       EXIT.PRIVILEGED_ROLE,
     );
   }
