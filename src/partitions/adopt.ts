@@ -53,18 +53,6 @@ export class AdoptError extends Error {
 }
 
 interface Plan extends cat.AdoptTarget {
-  schema: string;
-  name: string;
-  rel: string;
-  twinName: string;
-  twin: string;
-  backupName: string;
-  partCol: string;
-  premake: number;
-  oid: number;
-  cols: cat.Column[];
-  pk: string[];
-  indexes: cat.IndexInfo[];
   /** The twin exists with its mirror trigger: keep it. */
   resume: boolean;
 }
