@@ -173,13 +173,19 @@ describe('coordination, dry run and safety', () => {
     const holder = new pg.Client(db.workerUrl);
     await holder.connect();
     try {
-      await holder.query("SELECT pg_advisory_lock(hashtext('outbox_dispatcher.partition_rotation'))");
+      // Another replica's lease, taken through the same function the rotator uses.
+      const held = await holder.query("SELECT outbox_dispatcher.maintenance_lease_take('partition_rotation', 'other-replica', 60000) AS ok");
+      expect(held.rows[0].ok).toBe(true);
       const report = await rotator('2026-11-10T00:00:00Z').runOnce();
       expect(report).toMatchObject({ ran: false, tables: [] });
+      // Its lease expiring (a replica that died mid-run) frees rotation for the others.
+      await db.query("UPDATE outbox_dispatcher.maintenance_leases SET expires_at = now() - interval '1 second' WHERE name = 'partition_rotation'");
     } finally {
       await holder.end();
     }
     expect((await rotator('2026-11-10T00:00:00Z').runOnce()).ran).toBe(true);
+    // A finished run gives the lease back.
+    expect((await db.query("SELECT count(*)::int AS n FROM outbox_dispatcher.maintenance_leases")).rows[0].n).toBe(0);
   });
 
   it('--dry-run prints the DDL plan and changes nothing in the catalog', async () => {

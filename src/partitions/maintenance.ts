@@ -17,7 +17,7 @@ export interface MaintenanceOptions {
 
 /**
  * Runs partition rotation at start-up and on a cron schedule. Every replica schedules
- * it; the rotator's advisory lock lets one work while the others only refresh metrics.
+ * it; the rotator's lease lets one work while the others only refresh metrics.
  */
 export class PartitionMaintenance implements Service {
   readonly name = 'partition-maintenance';

@@ -1,5 +1,6 @@
+import crypto from 'node:crypto';
+import os from 'node:os';
 import type { Kysely } from 'kysely';
-import { sql } from 'kysely';
 import type { Database } from '../db/schema.ts';
 import {
   createMonthlyPartition,
@@ -7,7 +8,9 @@ import {
   ensureDefaultPartition,
   lockHolders,
   partitionReport,
+  releaseMaintenanceLease,
   retirePartition,
+  takeMaintenanceLease,
   withLockTimeout,
   type PartitionRow,
 } from '../db/queries/partitions.ts';
@@ -15,8 +18,13 @@ import type { Logger } from '../log.ts';
 import { addMonthsUtc, isoDate, startOfMonthUtc } from './months.ts';
 import { loadRegistry, qualifiedName, type ManagedTable } from './registry.ts';
 
-/** Session advisory lock: one rotator at a time across every replica. */
-const ROTATION_LOCK = "hashtext('outbox_dispatcher.partition_rotation')";
+/**
+ * One rotator at a time across every replica: a lease row (migration 0011), not a session
+ * advisory lock, so it holds through a transaction-mode pooler. The lease outlives any
+ * sane run and is renewed before each table; a replica that dies mid-run frees it on expiry.
+ */
+export const ROTATION_LEASE = 'partition_rotation';
+const ROTATION_LEASE_TTL_MS = 10 * 60_000;
 
 /** How long one DDL statement may wait for its lock (producers queue behind a waiting one). */
 export const DEFAULT_PARTITION_LOCK_TIMEOUT_MS = 1000;
@@ -75,6 +83,8 @@ export class PartitionRotator {
   readonly #now: () => Date;
   readonly #lockTimeoutMs: number;
   readonly #lockAttempts: number;
+  /** Names this rotator in the lease row (unique per instance, readable by an operator). */
+  readonly #holder = `${os.hostname()}:${process.pid}:${crypto.randomBytes(4).toString('hex')}`;
 
   constructor(db: Kysely<Database>, log: Logger, now: () => Date = () => new Date(), opts: RotatorOptions = {}) {
     this.#db = db;
@@ -87,21 +97,27 @@ export class PartitionRotator {
   async runOnce(opts: { table?: string; dryRun?: boolean } = {}): Promise<RotationReport> {
     const dryRun = opts.dryRun ?? false;
     const at = this.#now();
-    return this.#db.connection().execute(async (conn) => {
-      const locked = await sql<{ ok: boolean }>`SELECT pg_try_advisory_lock(${sql.raw(ROTATION_LOCK)}) AS ok`.execute(conn);
-      if (!locked.rows[0]!.ok) {
-        this.#log.info('another replica is rotating partitions; skipping this run');
-        return { ran: false, dryRun, at, tables: [] };
+    const holder = this.#holder;
+    if (!(await takeMaintenanceLease(this.#db, ROTATION_LEASE, holder, ROTATION_LEASE_TTL_MS))) {
+      this.#log.info('another replica is rotating partitions; skipping this run');
+      return { ran: false, dryRun, at, tables: [] };
+    }
+    try {
+      const tables = await loadRegistry(this.#db, opts.table);
+      const results: TableRotation[] = [];
+      for (const t of tables) {
+        if (!(await takeMaintenanceLease(this.#db, ROTATION_LEASE, holder, ROTATION_LEASE_TTL_MS))) {
+          this.#log.warn({ table: qualifiedName(t) }, 'rotation lease lost to another replica (this run outlived it); stopping here');
+          break;
+        }
+        results.push(await this.#rotateTable(this.#db, t, at, dryRun));
       }
-      try {
-        const tables = await loadRegistry(conn, opts.table);
-        const results: TableRotation[] = [];
-        for (const t of tables) results.push(await this.#rotateTable(conn, t, at, dryRun));
-        return { ran: true, dryRun, at, tables: results };
-      } finally {
-        await sql`SELECT pg_advisory_unlock(${sql.raw(ROTATION_LOCK)})`.execute(conn);
-      }
-    });
+      return { ran: true, dryRun, at, tables: results };
+    } finally {
+      await releaseMaintenanceLease(this.#db, ROTATION_LEASE, holder).catch((err: unknown) =>
+        this.#log.warn({ err }, 'could not release the rotation lease; it expires on its own'),
+      );
+    }
   }
 
   async #rotateTable(db: Kysely<Database>, t: ManagedTable, now: Date, dryRun: boolean): Promise<TableRotation> {

@@ -76,3 +76,17 @@ export async function lockHolders(db: Kysely<Database>, table: string): Promise<
     LIMIT 20`.execute(db);
   return rows;
 }
+
+/**
+ * Takes or renews the maintenance lease `name` for `holder` (migration 0011); true when held.
+ * One statement, no session state: safe through a transaction-mode pooler.
+ */
+export async function takeMaintenanceLease(db: Kysely<Database>, name: string, holder: string, ttlMs: number): Promise<boolean> {
+  const { rows } = await sql<{ held: boolean | null }>`
+    SELECT outbox_dispatcher.maintenance_lease_take(${name}, ${holder}, ${Math.round(ttlMs)}::int) AS held`.execute(db);
+  return rows[0]?.held === true;
+}
+
+export async function releaseMaintenanceLease(db: Kysely<Database>, name: string, holder: string): Promise<void> {
+  await sql`SELECT outbox_dispatcher.maintenance_lease_release(${name}, ${holder})`.execute(db);
+}
