@@ -60,7 +60,7 @@ describe('partitions adopt', () => {
       let claimed: Awaited<ReturnType<typeof claimBatch>> = [];
       while (!stop || claimed.length > 0) {
         try {
-          if (claimed.length === 0) claimed = await claimBatch(worker, { workerId: 'w', limit: 50, leaseMs: 60_000 });
+          if (claimed.length === 0) claimed = await claimBatch(worker, { workerId: 'w', limit: 50, leaseMs: 60_000, maxPayloadBytes: 1_048_576 });
           const done = claimed.map((r) => ({ id: r.id, createdAtKey: r.created_at_key, attempt: r.attempts, outcome: { kind: 'done' as const } }));
           for (const id of await completeBatch(worker, 'w', done)) completed.add(id);
           claimed = [];
@@ -105,7 +105,7 @@ describe('partitions adopt', () => {
     const { rows: sec } = await admin.query(`SELECT relrowsecurity, relforcerowsecurity FROM pg_class WHERE oid = 'public.capacity_outbox'::regclass`);
     expect(sec[0]).toEqual({ relrowsecurity: true, relforcerowsecurity: true });
     expect(await produce(asRole(target.url, 'producer'), tenant, [{ type: 'x', dedupeKey: 'k' }, { type: 'x', dedupeKey: 'k' }])).toHaveLength(1);
-    expect((await claimBatch(worker, { workerId: 'w2', limit: 10, leaseMs: 1000 })).length).toBeGreaterThan(0);
+    expect((await claimBatch(worker, { workerId: 'w2', limit: 10, leaseMs: 1000, maxPayloadBytes: 1_048_576 })).length).toBeGreaterThan(0);
     const { rows: idx } = await admin.query(`SELECT indexrelid::regclass::text AS name FROM pg_index WHERE indrelid = 'public.capacity_outbox'::regclass ORDER BY 1`);
     expect(idx.map((r) => r.name)).toEqual(['capacity_outbox_dispatch_idx', 'capacity_outbox_pkey']);
     // Rotation now manages it.

@@ -35,7 +35,7 @@ describe('incident scenarios', () => {
     const timings: number[] = [];
     for (let i = 0; i < 10; i++) {
       const t0 = performance.now();
-      await claimBatch(worker, { workerId: 'w', limit: 10, leaseMs: 1000 });
+      await claimBatch(worker, { workerId: 'w', limit: 10, leaseMs: 1000, maxPayloadBytes: 1_048_576 });
       timings.push(performance.now() - t0);
     }
     const r = await incident;

@@ -50,8 +50,9 @@ describe('graceful shutdown', () => {
     expect(await statusCounts(db)).toEqual({ pending: 30 });
     const { rows } = await db.query('SELECT count(*)::int AS n FROM capacity_outbox WHERE attempts <> 0 OR locked_by IS NOT NULL OR locked_until IS NOT NULL OR next_attempt_at > now()');
     expect(rows[0].n).toBe(0);
-    // It held concurrency + batch size = 14 events: 4 in flight (aborted), 10 queued.
-    expect(await metricTotal(daemon.metrics.eventsReleased, { reason: 'shutdown' })).toBe(14);
+    // It held two full batches (its window is concurrency + 2 x batch = 24, and it claims only
+    // whole batches): 4 in flight (aborted), 16 queued.
+    expect(await metricTotal(daemon.metrics.eventsReleased, { reason: 'shutdown' })).toBe(20);
   });
 
   it('on SIGTERM drains and exits 0; a second signal exits at once with 130', async () => {

@@ -2,7 +2,7 @@
 //    partitions, with the dedupe triggers and RLS as deployed (worker role, app_background).
 import pg from 'pg';
 import { createKysely, createPool } from '../../src/db/pool.ts';
-import { claimQuery } from '../../src/db/queries/outbox.ts';
+import { claimStatement } from '../../src/db/queries/outbox.ts';
 import { createBenchDb, ensureHistory, quantile, round } from '../lib.ts';
 
 export interface ClaimLatencyResult {
@@ -49,7 +49,7 @@ export async function claimLatency(rootUrl: string, rows: number, iterations: nu
     const seedSeconds = (performance.now() - t0) / 1000;
 
     const kysely = createKysely(createPool({ connectionString: db.workerUrl, max: 1, applicationName: 'bench' }));
-    const q = claimQuery(kysely, { workerId: 'bench', limit: 100, leaseMs: 30_000 }).compile();
+    const q = claimStatement({ workerId: 'bench', limit: 100, leaseMs: 30_000, maxPayloadBytes: 1_048_576 }).compile(kysely);
     await kysely.destroy();
     const client = new pg.Client({ connectionString: db.workerUrl, options: '-c role=app_background' });
     await client.connect();

@@ -11,6 +11,7 @@ import type { DispatcherMetrics } from '../metrics/metrics.ts';
 import type { Sink } from '../sinks/types.ts';
 import type { TenantScope } from '../tenancy/scope.ts';
 import type { Completer } from './completer.ts';
+import { ClaimCursor } from './claim-cursor.ts';
 import { checkEvent } from './event.ts';
 import { sendResultOf, type SinkCircuits } from './circuit-breaker.ts';
 import { sendFitsInLease } from '../config/lease.ts';
@@ -50,6 +51,7 @@ export class Dispatcher implements Service {
   readonly #abortSends = new AbortController();
   readonly #tasks = new Set<Promise<void>>();
   readonly #maxHeld: number;
+  readonly #cursor = new ClaimCursor({ headScanIntervalMs: 1000, slackMs: 1000 });
   #held = 0;
   #waitingForSlot = false;
   #state: DispatcherState = 'idle';
@@ -61,7 +63,9 @@ export class Dispatcher implements Service {
     this.#log = deps.log.child({ component: 'dispatcher' });
     this.#limit = pLimit(deps.settings.concurrency);
     // Claimed-but-unfinished events are bounded: memory stays flat however deep the backlog.
-    this.#maxHeld = deps.settings.concurrency + deps.settings.batchSize;
+    // The window holds the sends in flight, the batch queued behind them and room for the
+    // next full claim.
+    this.#maxHeld = deps.settings.concurrency + 2 * deps.settings.batchSize;
   }
 
   get state(): DispatcherState {
@@ -84,24 +88,37 @@ export class Dispatcher implements Service {
     this.#wakeup.poke();
   }
 
+  /**
+   * Claims only full batches (when a whole batch fits in the window) and keeps one batch
+   * queued behind the sends in flight, so a send slot never waits for a claim round trip
+   * while events are due. Claims run one at a time on this loop; completions are written
+   * by the completer on their own connection, so neither queues behind the other.
+   */
   async #run(): Promise<void> {
     const { settings, metrics } = this.#d;
     let failures = 0;
     while (!this.#stopLoop.signal.aborted) {
       this.#d.heartbeat?.beat(failures === 0);
       const free = this.#maxHeld - this.#held;
-      if (free <= 0) {
+      if (free < settings.batchSize) {
         this.#waitingForSlot = true;
         await this.#wakeup.wait(settings.pollIntervalMs);
         this.#waitingForSlot = false;
         continue;
       }
-      const limit = Math.min(settings.batchSize, free);
+      const limit = settings.batchSize;
+      const after = this.#cursor.next();
       const claimedAt = Date.now();
       let rows: ClaimedRow[];
       const endTimer = metrics.claimDuration.startTimer();
       try {
-        rows = await claimBatch(this.#d.db, { workerId: settings.workerId, limit, leaseMs: settings.leaseMs });
+        rows = await claimBatch(this.#d.db, {
+          workerId: settings.workerId,
+          limit,
+          leaseMs: settings.leaseMs,
+          maxPayloadBytes: settings.maxPayloadBytes,
+          after,
+        });
         endTimer();
         failures = 0;
       } catch (err) {
@@ -113,6 +130,7 @@ export class Dispatcher implements Service {
         continue;
       }
       metrics.claimBatchSize.observe(rows.length);
+      this.#cursor.advance(rows.map((r) => r.due_at), after);
       for (const row of rows) this.#schedule(row, claimedAt + settings.leaseMs);
       if (rows.length < limit && !this.#stopLoop.signal.aborted) {
         await this.#wakeup.wait(jitter(settings.pollIntervalMs));

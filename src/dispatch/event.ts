@@ -31,6 +31,10 @@ export function checkEvent(row: ClaimedRow, maxPayloadBytes: number): EventCheck
   if (!EVENT_TYPE_PATTERN.test(row.event_type)) {
     return { ok: false, reason: `malformed: event_type ${JSON.stringify(row.event_type.slice(0, 80))} is not letters, digits and . _ : - (max 200)` };
   }
+  // Measured by the claim in SQL; an oversized payload was never sent to this process.
+  if (row.payload_bytes !== null && row.payload_bytes > maxPayloadBytes) {
+    return { ok: false, reason: `malformed: payload is ${row.payload_bytes} bytes, over OUTBOX_MAX_PAYLOAD_BYTES (${maxPayloadBytes})` };
+  }
   const payload = row.payload;
   if (payload === null || typeof payload !== 'object' || Array.isArray(payload)) {
     return { ok: false, reason: `malformed: payload must be a JSON object, got ${Array.isArray(payload) ? 'array' : payload === null ? 'null' : typeof payload}` };

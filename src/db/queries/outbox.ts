@@ -12,19 +12,33 @@ export interface ClaimedRow {
   created_at: Date;
   restaurant_id: string;
   event_type: string;
+  /** NULL when the payload is over the size limit: it never leaves the database. */
   payload: unknown;
+  /** The payload's JSON text size when the claim measured it (large or compressed payloads), else null. */
+  payload_bytes: number | null;
   dedupe_key: string | null;
   idempotency_key: string | null;
   /** The producer's headers column, unvalidated (checkEvent validates it). */
   headers: unknown;
   attempts: number;
+  /** next_attempt_at before the claim: where the claim's walk of the due range reached. */
+  due_at: Date;
+}
+
+export interface ClaimArgs {
+  workerId: string;
+  limit: number;
+  leaseMs: number;
+  /** Payloads over this many bytes of JSON text are not returned (see ClaimedRow.payload). */
+  maxPayloadBytes: number;
+  /** Start the walk of the due range here instead of at its head (see claim-cursor.ts). */
+  after?: Date | null;
 }
 
 /**
  * Up to `limit` rows of `status` whose next_attempt_at has passed, oldest first, locked
  * and skipping rows other workers hold: one walk of capacity_outbox_dispatch_idx.
- * For 'pending' that is due events; for 'processing' (next_attempt_at = lease expiry),
- * expired leases.
+ * Used by the rescuer for 'processing' rows (next_attempt_at = lease expiry).
  */
 function dueRows(qc: QueryCreator<Database>, status: 'pending' | 'processing', limit: number) {
   return qc
@@ -38,48 +52,24 @@ function dueRows(qc: QueryCreator<Database>, status: 'pending' | 'processing', l
     .skipLocked();
 }
 
-const LEASE = (ms: number) => sql<Date>`now() + ${ms} * interval '1 millisecond'`;
-
 /**
- * Claims up to `limit` due events for `workerId` with a lease of `leaseMs`.
- * The inner SELECT walks capacity_outbox_dispatch_idx (status, next_attempt_at);
- * SKIP LOCKED lets any number of workers claim side by side without waiting.
+ * Claims up to `limit` due events for `workerId` with a lease of `leaseMs`, in one call of
+ * outbox_dispatcher.claim_batch (migration 0004): an ordered walk of the dispatch index
+ * whose plan does not depend on statistics, SKIP LOCKED so workers claim side by side, and
+ * the payload size checked in SQL (docs/adr/0006-backlog-proof-claim.md).
  * While processing, next_attempt_at holds the lease expiry (see rescueExpiredLeases).
  */
-export function claimBatch(
-  db: Kysely<Database>,
-  args: { workerId: string; limit: number; leaseMs: number },
-): Promise<ClaimedRow[]> {
-  return claimQuery(db, args).execute();
+export async function claimBatch(db: Kysely<Database>, args: ClaimArgs): Promise<ClaimedRow[]> {
+  const result = await claimStatement(args).execute(db);
+  return result.rows;
 }
 
 /** The claim statement itself, unexecuted (for EXPLAIN in tests and benchmarks). */
-export function claimQuery(db: Kysely<Database>, args: { workerId: string; limit: number; leaseMs: number }) {
-  return db
-    .with('due', (qc) => dueRows(qc, 'pending', args.limit))
-    .updateTable('capacity_outbox as o')
-    .from('due')
-    .set((eb) => ({
-      status: 'processing',
-      attempts: eb('o.attempts', '+', 1),
-      locked_by: args.workerId,
-      locked_until: LEASE(args.leaseMs),
-      next_attempt_at: LEASE(args.leaseMs),
-    }))
-    .whereRef('o.id', '=', 'due.id')
-    .whereRef('o.created_at', '=', 'due.created_at')
-    .returning([
-      'o.id',
-      sql<string>`o.created_at::text`.as('created_at_key'),
-      'o.created_at',
-      'o.restaurant_id',
-      'o.event_type',
-      'o.payload',
-      'o.dedupe_key',
-      'o.idempotency_key',
-      'o.headers',
-      'o.attempts',
-    ]);
+export function claimStatement(args: ClaimArgs) {
+  return sql<ClaimedRow>`SELECT id, created_at_key, created_at, restaurant_id, event_type, payload, payload_bytes,
+      dedupe_key, idempotency_key, headers, attempts, due_at
+    FROM outbox_dispatcher.claim_batch(${args.workerId}, ${args.limit}::int, ${Math.round(args.leaseMs)}::int,
+      ${args.maxPayloadBytes}::int, ${args.after ?? null}::timestamptz)`;
 }
 
 /** Why an event was dead-lettered (a bounded metric label). */
