@@ -1,0 +1,48 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startDaemon } from './support/daemon.ts';
+import { createTestDatabase, statusCounts, waitFor, type TestDatabase } from './support/db.ts';
+
+// Issue 9: with a backlog the worker claims full batches (not the handful of slots a
+// finished event frees), read from the claim batch-size histogram.
+
+let db: TestDatabase;
+beforeAll(async () => {
+  db = await createTestDatabase();
+});
+afterAll(async () => {
+  await db.drop();
+});
+
+describe('refill', () => {
+  it.each([
+    { batch: 100, concurrency: 32 },
+    { batch: 50, concurrency: 200 },
+  ])('claims full batches while a backlog drains (batch $batch, concurrency $concurrency)', async ({ batch, concurrency }) => {
+    await db.query('TRUNCATE capacity_outbox');
+    await db.query('TRUNCATE outbox_dispatcher.capacity_outbox_active_keys');
+    const total = 4000;
+    await db.query(
+      `INSERT INTO capacity_outbox (restaurant_id, event_type, payload, dedupe_key, next_attempt_at)
+       SELECT ('00000000-0000-4000-8000-' || lpad((g % 20)::text, 12, '0'))::uuid, 'refill.e', jsonb_build_object('g', g), 'k' || g,
+              now() - interval '1 min' + g * interval '1 ms'
+       FROM generate_series(1, $1::int) g`,
+      [total],
+    );
+    const daemon = await startDaemon(db, { env: { OUTBOX_BATCH_SIZE: String(batch), OUTBOX_CONCURRENCY: String(concurrency) } });
+    try {
+      await waitFor(async () => (await statusCounts(db)).done === total, { what: `${total} done`, timeoutMs: 60_000 });
+    } finally {
+      await daemon.stop();
+    }
+    const { values } = await daemon.metrics.claimBatchSize.get();
+    const sum = values.find((v) => v.metricName === 'outbox_claim_batch_size_sum')!.value;
+    const count = values.find((v) => v.metricName === 'outbox_claim_batch_size_count')!.value;
+    const bucket = (le: number) => values.find((v) => v.metricName === 'outbox_claim_batch_size_bucket' && v.labels.le === le)!.value;
+    const empty = bucket(0);
+    expect(sum).toBe(total);
+    // Every claim that found events was a full batch: total / batch of them (empty polls
+    // after the drain are not refills and are left out).
+    expect(count - empty).toBe(total / batch);
+    expect(sum / (count - empty)).toBe(batch);
+  });
+});
