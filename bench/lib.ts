@@ -85,6 +85,27 @@ export async function seedPending(admin: pg.Client, n: number, type = 'bench.noo
   return performance.now() - t0;
 }
 
+/**
+ * The issue-9 cold burst: `n` pending events with ~200-byte payloads, every one with a dedupe
+ * key, 20 tenants, committed in one statement (the dedupe triggers run) and never analyzed:
+ * autovacuum is switched off on the partitions so no ANALYZE can run before or during the drain.
+ */
+export async function seedColdBurst(admin: pg.Client, n: number, type = 'bench.noop'): Promise<number> {
+  const { rows } = await admin.query<{ part: string }>(
+    "SELECT inhrelid::regclass::text AS part FROM pg_inherits WHERE inhparent = 'public.capacity_outbox'::regclass",
+  );
+  for (const r of rows) await admin.query(`ALTER TABLE ${r.part} SET (autovacuum_enabled = off)`);
+  const t0 = performance.now();
+  await admin.query(
+    `INSERT INTO capacity_outbox (restaurant_id, event_type, payload, dedupe_key)
+     SELECT ('00000000-0000-4000-8000-' || lpad((g % 20)::text, 12, '0'))::uuid, $2,
+            jsonb_build_object('n', g, 'booking', md5(g::text), 'note', repeat('x', 120)), 'booking-' || g
+     FROM generate_series(1, $1::int) g`,
+    [n, type],
+  );
+  return performance.now() - t0;
+}
+
 export async function remaining(admin: pg.Client): Promise<number> {
   const r = await admin.query<{ n: string }>(`SELECT count(*) AS n FROM capacity_outbox WHERE status IN ('pending', 'processing')`);
   return Number(r.rows[0]!.n);

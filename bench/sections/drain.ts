@@ -10,6 +10,7 @@ import {
   postgresCpuSeconds,
   round,
   rssMb,
+  seedColdBurst,
   seedPending,
   startWorker,
   waitUntilDrained,
@@ -73,6 +74,59 @@ export async function bareLoop(rootUrl: string, events: number, conns: number, b
   }
 }
 
+/**
+ * The issue-9 reference loop: claim a batch to `processing` (SKIP LOCKED), then mark it
+ * `done`: the two writes per event any at-least-once relay needs, with nothing in between.
+ * The seed is the cold burst, analyzed first so the loop gets its best plan.
+ */
+export async function bareTwoStatementLoop(rootUrl: string, events: number, conns: number, batch: number): Promise<DrainResult> {
+  const db = await createBenchDb(rootUrl, 'bare2');
+  try {
+    await seedColdBurst(db.admin, events);
+    await db.admin.query('VACUUM ANALYZE capacity_outbox');
+    const claim = `WITH c AS (SELECT id, created_at FROM capacity_outbox WHERE status = 'pending' AND next_attempt_at <= now()
+                              ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+                   UPDATE capacity_outbox o SET status = 'processing', attempts = o.attempts + 1, locked_by = $2,
+                          locked_until = now() + interval '30 s', next_attempt_at = now() + interval '30 s'
+                   FROM c WHERE o.id = c.id AND o.created_at = c.created_at RETURNING o.id, o.created_at::text AS k`;
+    const done = `UPDATE capacity_outbox o SET status = 'done', dispatched_at = now(), locked_by = NULL, locked_until = NULL
+                  FROM unnest($1::uuid[], $2::timestamptz[]) AS v(id, k) WHERE o.id = v.id AND o.created_at = v.k AND o.locked_by = $3`;
+    const clients = await Promise.all(
+      Array.from({ length: conns }, async () => {
+        const c = new pg.Client({ connectionString: db.workerUrl, options: '-c role=app_background' });
+        await c.connect();
+        return c;
+      }),
+    );
+    const before = await walAndCommits(db.admin);
+    const pgCpu0 = postgresCpuSeconds();
+    const t0 = performance.now();
+    await Promise.all(clients.map(async (c, i) => {
+      for (;;) {
+        const r = await c.query<{ id: string; k: string }>(claim, [batch, `bare-${i}`]);
+        if (r.rowCount === 0) break;
+        await c.query(done, [r.rows.map((x) => x.id), r.rows.map((x) => x.k), `bare-${i}`]);
+      }
+    }));
+    const seconds = (performance.now() - t0) / 1000;
+    const pgCpu = postgresCpuSeconds() - pgCpu0;
+    await Promise.all(clients.map((c) => c.end()));
+    await new Promise((r) => setTimeout(r, 1100));
+    const after = await walAndCommits(db.admin);
+    return {
+      name: `bare two-statement loop (${conns} conns, batch ${batch}; cold burst, analyzed)`,
+      events,
+      seconds: round(seconds, 2),
+      eventsPerSec: Math.round(events / seconds),
+      postgresCpuPerEventUs: round((pgCpu / events) * 1e6),
+      walBytesPerEvent: Math.round((await walBytesBetween(db.admin, before.lsn, after.lsn)) / events),
+      commitsPerEvent: round((after.commits - before.commits) / events, 3),
+    };
+  } finally {
+    await db.drop();
+  }
+}
+
 async function startReceiver(): Promise<{ url: string; close: () => Promise<void> }> {
   const server = http.createServer((req, res) => {
     req.resume();
@@ -93,12 +147,17 @@ export async function dispatcherDrain(
   workers: number,
   sink: 'noop' | 'http',
   tuning: Record<string, string>,
+  opts: { cold?: boolean; label?: string } = {},
 ): Promise<DrainResult> {
   const db = await createBenchDb(rootUrl, `drain${workers}${sink}`);
   const receiver = sink === 'http' ? await startReceiver() : undefined;
   try {
-    await seedPending(db.admin, events);
-    await db.admin.query('VACUUM ANALYZE capacity_outbox');
+    if (opts.cold) {
+      await seedColdBurst(db.admin, events);
+    } else {
+      await seedPending(db.admin, events);
+      await db.admin.query('VACUUM ANALYZE capacity_outbox');
+    }
     const routes = receiver ? JSON.stringify({ routes: [{ match: '*', sink: { type: 'http', url: receiver.url, timeoutMs: 5000 } }] }) : NOOP_ROUTES;
     const before = await walAndCommits(db.admin);
     const pgCpu0 = postgresCpuSeconds();
@@ -119,7 +178,7 @@ export async function dispatcherDrain(
     const after = await walAndCommits(db.admin);
     const seconds = (t1 - t0) / 1000;
     return {
-      name: `outbox-dispatcher (${workers} worker${workers > 1 ? 's' : ''}, ${sink} sink)`,
+      name: `outbox-dispatcher (${workers} worker${workers > 1 ? 's' : ''}, ${sink} sink${opts.label ? `, ${opts.label}` : ''})`,
       events,
       seconds: round(seconds, 2),
       eventsPerSec: Math.round(events / seconds),

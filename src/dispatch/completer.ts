@@ -41,6 +41,7 @@ export class Completer implements Service {
   #flushing: Promise<void> | undefined;
   #failures = 0;
   #stopped = false;
+  readonly #drainedListeners = new Set<() => void>();
 
   constructor(db: Kysely<Database>, log: Logger, metrics: DispatcherMetrics, opts: CompleterOptions) {
     this.#db = db;
@@ -57,6 +58,11 @@ export class Completer implements Service {
 
   get pending(): number {
     return this.#buffer.length;
+  }
+
+  /** Called after each written batch: the dispatcher counts unwritten outcomes against its window. */
+  onWritten(listener: () => void): void {
+    this.#drainedListeners.add(listener);
   }
 
   add(item: Completion): void {
@@ -95,6 +101,7 @@ export class Completer implements Service {
         await this.#write(batch);
         this.#failures = 0;
         this.#heartbeat?.beat();
+        for (const l of this.#drainedListeners) l();
       } catch (err) {
         this.#failures++;
         this.#metrics.completionFlushErrors.inc();

@@ -66,6 +66,9 @@ export class Dispatcher implements Service {
     // The window holds the sends in flight, the batch queued behind them and room for the
     // next full claim.
     this.#maxHeld = deps.settings.concurrency + 2 * deps.settings.batchSize;
+    deps.completer.onWritten(() => {
+      if (this.#waitingForSlot) this.#wakeup.poke();
+    });
   }
 
   get state(): DispatcherState {
@@ -99,7 +102,9 @@ export class Dispatcher implements Service {
     let failures = 0;
     while (!this.#stopLoop.signal.aborted) {
       this.#d.heartbeat?.beat(failures === 0);
-      const free = this.#maxHeld - this.#held;
+      // Outcomes not yet written count too: if completions fall behind, claiming slows down
+      // instead of buffering outcomes without bound.
+      const free = this.#maxHeld - this.#held - this.#d.completer.pending;
       if (free < settings.batchSize) {
         this.#waitingForSlot = true;
         await this.#wakeup.wait(settings.pollIntervalMs);

@@ -101,7 +101,9 @@ export class Daemon {
     const completerBeat = this.watchdog.add(
       new Heartbeat('completer', completerBoundMs(queryTimeoutMs), { idle: () => this.completer.pending === 0 }),
     );
-    this.completer = new Completer(this.db, log, this.metrics, { workerId: d.workerId, heartbeat: completerBeat });
+    // A batch of outcomes is written as soon as a claim's worth is ready: the dispatcher's
+    // window counts unwritten outcomes, so waiting for more would stall the next claim.
+    this.completer = new Completer(this.db, log, this.metrics, { workerId: d.workerId, heartbeat: completerBeat, maxBatch: Math.min(500, d.batchSize) });
     this.dispatcher = new Dispatcher({
       db: this.db,
       log,

@@ -107,6 +107,12 @@ const STATUS_OF: Record<Outcome['kind'], OutboxStatus> = {
  */
 export async function completeBatch(db: Kysely<Database>, workerId: string, items: Completion[]): Promise<Set<string>> {
   if (items.length === 0) return new Set();
+  const result = await completionStatement(workerId, items).execute(db);
+  return new Set(result.rows.map((r) => r.id));
+}
+
+/** The completion statement, unexecuted (for EXPLAIN in tests). */
+export function completionStatement(workerId: string, items: Completion[]) {
   const ids = items.map((c) => c.id);
   const createdAt = items.map((c) => c.createdAtKey);
   const attempts = items.map((c) => c.attempt);
@@ -117,7 +123,7 @@ export async function completeBatch(db: Kysely<Database>, workerId: string, item
   const errors = items.map((c) => ('error' in c.outcome ? safeText(c.outcome.error) : null));
   const released = items.map((c) => c.outcome.kind === 'release');
   // unnest() over parallel arrays has no Kysely builder; this is the one raw statement.
-  const result = await sql<{ id: string }>`
+  return sql<{ id: string }>`
     UPDATE capacity_outbox AS o SET
       status          = v.status,
       attempts        = CASE WHEN v.released THEN o.attempts - 1 ELSE o.attempts END,
@@ -133,11 +139,14 @@ export async function completeBatch(db: Kysely<Database>, workerId: string, item
          AS v(id, created_at, attempt, status, delay_ms, error, released)
     WHERE o.id = v.id
       AND o.created_at = v.created_at
-      AND o.status = 'processing'
+      -- Written so that no index can serve it: each row is found through the primary key.
+      -- As a plain "status = 'processing'", never-analyzed statistics made the planner AND a
+      -- bitmap of every 'processing' entry of the dispatch index (dead ones included) into
+      -- each lookup: completions slowed with every batch (docs/adr/0006-backlog-proof-claim.md).
+      AND (o.status = 'processing') IS TRUE
       AND o.locked_by = ${workerId}
       AND o.attempts = v.attempt
-    RETURNING o.id`.execute(db);
-  return new Set(result.rows.map((r) => r.id));
+    RETURNING o.id`;
 }
 
 export interface RescueResult {
