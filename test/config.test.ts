@@ -25,7 +25,7 @@ describe('environment', () => {
     const c = loadEnvConfig({});
     expect(c.databaseUrl).toBeUndefined();
     expect(c.metrics.port).toBe(9464);
-    expect(c.dispatch).toMatchObject({ batchSize: 100, concurrency: 32, pollIntervalMs: 1000, leaseMs: 30_000, maxAttempts: 10, backoffBaseMs: 1000, backoffMaxMs: 300_000 });
+    expect(c.dispatch).toMatchObject({ batchSize: 500, concurrency: 100, pollIntervalMs: 1000, leaseMs: 30_000, maxAttempts: 10, backoffBaseMs: 1000, backoffMaxMs: 300_000 });
     expect(c.dispatch.leaseMs).toBeLessThanOrEqual(60_000);
     expect(c.dispatch.retryHorizonMs).toBe(86_400_000);
     expect(c.circuit).toEqual({ failureThreshold: 5, failureRatio: 0.9, windowMs: 10_000, openMs: 30_000, halfOpenProbes: 1 });

@@ -1,31 +1,39 @@
-// 1. Claim-query latency on capacity_outbox holding N rows, 1% due, spread over six monthly
-//    partitions, with the dedupe triggers and RLS as deployed (worker role, app_background).
+// 1. Claim latency on capacity_outbox holding N rows over six monthly partitions, with the
+//    dedupe triggers and RLS as deployed (worker role, app_background), in the three
+//    statistics states of issue 9: never analyzed (99% done, 1% due); analyzed in that state
+//    and then 300k pending events added; fresh (analyzed again). The plan the claim function
+//    executes is read through auto_explain, with the index entries its walk read.
 import pg from 'pg';
 import { createKysely, createPool } from '../../src/db/pool.ts';
 import { claimStatement } from '../../src/db/queries/outbox.ts';
+import { explainNested, planShape, walk } from '../../test/support/explain.ts';
 import { createBenchDb, ensureHistory, quantile, round } from '../lib.ts';
+
+export type StatsState = 'never analyzed' | 'analyzed at 99% done, then 300k pending added' | 'fresh';
 
 export interface ClaimLatencyResult {
   rows: number;
+  state: StatsState;
   due: number;
   seedSeconds: number;
   p50Ms: number;
   p99Ms: number;
   plan: string;
-  planExecutionMs: number;
+  /** Index entries the walk of the due range returned or filtered (about the batch: 100). */
+  indexRowsRead: number;
+  hasSortOrBitmap: boolean;
 }
 
-function planShape(node: Record<string, unknown>, depth = 0, out: string[] = []): string[] {
-  const label = [node['Node Type'], node['Index Name'] ? `(${node['Index Name']})` : ''].filter(Boolean).join(' ');
-  if (!['Result', 'CTE Scan'].includes(String(node['Node Type'])) || depth < 2) out.push(label);
-  for (const child of (node.Plans as Record<string, unknown>[] | undefined) ?? []) planShape(child, depth + 1, out);
-  return out;
-}
+const BATCH = 100;
 
-export async function claimLatency(rootUrl: string, rows: number, iterations: number, log: (s: string) => void): Promise<ClaimLatencyResult> {
+export async function claimLatency(rootUrl: string, rows: number, iterations: number, log: (s: string) => void): Promise<ClaimLatencyResult[]> {
   const db = await createBenchDb(rootUrl, `claim${rows}`);
   try {
     await ensureHistory(db.admin, 5);
+    const { rows: parts } = await db.admin.query<{ part: string }>(
+      "SELECT inhrelid::regclass::text AS part FROM pg_inherits WHERE inhparent = 'public.capacity_outbox'::regclass",
+    );
+    for (const p of parts) await db.admin.query(`ALTER TABLE ${p.part} SET (autovacuum_enabled = off)`);
     const t0 = performance.now();
     const chunk = 1_000_000;
     for (let from = 1; from <= rows; from += chunk) {
@@ -43,41 +51,63 @@ export async function claimLatency(rootUrl: string, rows: number, iterations: nu
          FROM generate_series($1::int, $2::int) g`,
         [from, to, rows],
       );
-      log(`  seeded ${to.toLocaleString()} / ${rows.toLocaleString()} rows`);
+      log(`  seeded ${to.toLocaleString()} / ${rows.toLocaleString()} rows (${Math.round((performance.now() - t0) / 1000)} s)`);
     }
-    await db.admin.query('VACUUM ANALYZE capacity_outbox');
-    const seedSeconds = (performance.now() - t0) / 1000;
+    const seedSeconds = round((performance.now() - t0) / 1000);
 
     const kysely = createKysely(createPool({ connectionString: db.workerUrl, max: 1, applicationName: 'bench' }));
-    const q = claimStatement({ workerId: 'bench', limit: 100, leaseMs: 30_000, maxPayloadBytes: 1_048_576 }).compile(kysely);
+    const q = claimStatement({ workerId: 'bench', limit: BATCH, leaseMs: 30_000, maxPayloadBytes: 1_048_576 }).compile(kysely);
     await kysely.destroy();
     const client = new pg.Client({ connectionString: db.workerUrl, options: '-c role=app_background' });
     await client.connect();
-    const samples: number[] = [];
-    try {
+    const measure = async (state: StatsState): Promise<ClaimLatencyResult> => {
+      const samples: number[] = [];
       for (let i = 0; i < iterations + 20; i++) {
         await client.query('BEGIN');
         const s = performance.now();
         const r = await client.query(q.sql, q.parameters as unknown[]);
         const e = performance.now() - s;
         await client.query('ROLLBACK');
-        if (r.rowCount !== 100) throw new Error(`claim returned ${r.rowCount} rows`);
+        if (r.rowCount !== BATCH) throw new Error(`claim returned ${r.rowCount} rows`);
         if (i >= 20) samples.push(e); // first 20 warm the caches
       }
-      await client.query('BEGIN');
-      const explain = await client.query(`EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) ${q.sql}`, q.parameters as unknown[]);
-      await client.query('ROLLBACK');
-      const plan = (explain.rows[0]['QUERY PLAN'] as { Plan: Record<string, unknown>; 'Execution Time': number }[])[0]!;
       samples.sort((a, b) => a - b);
+      const plans = await explainNested(db.adminUrl, 'app_background', q.sql, q.parameters);
+      const plan = plans.find((p) => /skip locked/i.test(p.queryText))!.plan;
+      let indexRowsRead = 0;
+      let hasSortOrBitmap = false;
+      walk(plan, (n) => {
+        if (/Sort|Bitmap/.test(n['Node Type'])) hasSortOrBitmap = true;
+        if (n['Index Name']?.endsWith('status_next_attempt_at_idx')) indexRowsRead += (n['Actual Rows'] ?? 0) + (n['Rows Removed by Filter'] ?? 0);
+      });
+      const due = Number((await db.admin.query("SELECT count(*) AS n FROM capacity_outbox WHERE status = 'pending'")).rows[0].n);
+      log(`  ${state}: p50 ${round(quantile(samples, 0.5), 2)} ms, p99 ${round(quantile(samples, 0.99), 2)} ms, ${indexRowsRead} index rows read`);
       return {
         rows,
-        due: rows / 100,
-        seedSeconds: round(seedSeconds),
+        state,
+        due,
+        seedSeconds,
         p50Ms: round(quantile(samples, 0.5), 2),
         p99Ms: round(quantile(samples, 0.99), 2),
-        plan: [...new Set(planShape(plan.Plan))].join(' > '),
-        planExecutionMs: round(plan['Execution Time'], 2),
+        plan: planShape(plan),
+        indexRowsRead,
+        hasSortOrBitmap,
       };
+    };
+    try {
+      const out: ClaimLatencyResult[] = [];
+      out.push(await measure('never analyzed'));
+      await db.admin.query('ANALYZE capacity_outbox');
+      await db.admin.query(
+        `INSERT INTO capacity_outbox (restaurant_id, event_type, payload, next_attempt_at, dedupe_key)
+         SELECT ('00000000-0000-4000-8000-' || lpad((g % 20)::text, 12, '0'))::uuid, 'bench.burst', jsonb_build_object('g', g),
+                now() - interval '10 minutes' + g * interval '1 ms', 'burst-' || g
+         FROM generate_series(1, 300000) g`,
+      );
+      out.push(await measure('analyzed at 99% done, then 300k pending added'));
+      await db.admin.query('ANALYZE capacity_outbox');
+      out.push(await measure('fresh'));
+      return out;
     } finally {
       await client.end();
     }
