@@ -15,6 +15,7 @@ const DOCUMENTED = {
   functions: [
     'outbox_dispatcher.capacity_outbox_notify',
     'outbox_dispatcher.capacity_outbox_take_key', // dedupe key for retries/replays; only from a trigger, own tenant only (ADR 0001 revision)
+    'outbox_dispatcher.claim_batch', // SECURITY INVOKER: RLS and column grants still apply (ADR 0006)
     'outbox_dispatcher.maintenance_lease_release', // the rotation lease (migration 0011, ADR 0010)
     'outbox_dispatcher.maintenance_lease_take',
     'outbox_dispatcher.monthly_partition_name', // pure naming function, executable by PUBLIC
