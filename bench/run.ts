@@ -8,6 +8,7 @@
 //   BENCH_BACKLOG        backlog for the memory run (default 1000000)
 //   BENCH_QUICK=1        a small smoke run (10k events, 100k rows, 100k backlog)
 //   BENCH_SECTIONS       comma list of sections to run (claim,drain,producer,memory,latency; default all)
+//   BENCH_DRAINS         regular expression selecting drain runs by label (default all)
 //
 // The dispatcher runs with its defaults everywhere (issue 9: the defaults are what people run);
 // drains of the dispatcher start from the cold burst (keyed, ~200-byte payloads, 20 tenants,
@@ -32,6 +33,8 @@ const SIZES = (process.env.BENCH_CLAIM_SIZES ?? (quick ? '100000' : '1000000,100
 const BACKLOG = Number(process.env.BENCH_BACKLOG ?? (quick ? 100_000 : 1_000_000));
 /** The dispatcher's settings: none (its defaults). */
 const TUNING: Record<string, string> = {};
+/** Which drain runs to do (a regular expression over their labels; default all). */
+const DRAINS = new RegExp(process.env.BENCH_DRAINS ?? '.');
 const SECTIONS = new Set((process.env.BENCH_SECTIONS ?? 'claim,drain,producer,memory,latency').split(','));
 
 const log = (s: string) => process.stderr.write(`${s}\n`);
@@ -62,6 +65,7 @@ async function main() {
 
     const drains: DrainResult[] = [];
     const step = async (label: string, fn: () => Promise<DrainResult>) => {
+      if (!DRAINS.test(label)) return;
       log(label);
       try {
         drains.push(await fn());
