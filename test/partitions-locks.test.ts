@@ -153,7 +153,7 @@ describe('moving rows out of the default partition while workers claim (repro 07
     const claimer = (async () => {
       while (rotating || completed.size < live.length) {
         try {
-          const batch = await claimBatch(worker, { workerId: 'w', limit: 5, leaseMs: 60_000 });
+          const batch = await claimBatch(worker, { workerId: 'w', limit: 5, leaseMs: 60_000, maxPayloadBytes: 1_048_576 });
           const ids = await completeBatch(worker, 'w', batch.map((r) => ({ id: r.id, createdAtKey: r.created_at_key, attempt: r.attempts, outcome: { kind: 'done' as const } })));
           for (const id of ids) completed.add(id);
           if (batch.length === 0 && !rotating) break;

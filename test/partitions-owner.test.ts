@@ -176,7 +176,7 @@ describe('partitions adopt by a non-superuser owner (repro 05)', () => {
 
     const worker = createKysely(createPool({ connectionString: db.workerUrl, max: 2, applicationName: 't', role: BACKGROUND_ROLE }));
     try {
-      expect((await claimBatch(worker, { workerId: 'w', limit: 500, leaseMs: 60_000 })).length).toBe(250);
+      expect((await claimBatch(worker, { workerId: 'w', limit: 500, leaseMs: 60_000, maxPayloadBytes: 1_048_576 })).length).toBe(250);
       await db.query(`UPDATE capacity_outbox SET status = 'done'`);
       const report = await new PartitionRotator(worker, log).runOnce();
       const r = report.tables[0]!;
