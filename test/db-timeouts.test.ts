@@ -89,13 +89,13 @@ describe('database timeouts (issue 10 item 6)', () => {
   it('a claim through a black-holed connection fails with a timeout, and the connection is replaced once the path heals', async () => {
     const worker = createKysely(createPool({ connectionString: proxyUrl, max: 1, applicationName: 'test', role: 'app_background', timeouts: TIMEOUTS }));
     try {
-      expect(await claimBatch(worker, { workerId: 'bh', limit: 1, leaseMs: 1000 })).toEqual([]);
+      expect(await claimBatch(worker, { workerId: 'bh', limit: 1, leaseMs: 1000, maxPayloadBytes: 1_048_576 })).toEqual([]);
       proxy.freeze();
-      await expect(claimBatch(worker, { workerId: 'bh', limit: 1, leaseMs: 1000 })).rejects.toBeInstanceOf(QueryTimeoutError);
+      await expect(claimBatch(worker, { workerId: 'bh', limit: 1, leaseMs: 1000, maxPayloadBytes: 1_048_576 })).rejects.toBeInstanceOf(QueryTimeoutError);
       // A new connection through the black hole fails on the connect timeout, not never.
-      await expect(claimBatch(worker, { workerId: 'bh', limit: 1, leaseMs: 1000 })).rejects.toThrow();
+      await expect(claimBatch(worker, { workerId: 'bh', limit: 1, leaseMs: 1000, maxPayloadBytes: 1_048_576 })).rejects.toThrow();
       proxy.heal();
-      expect(await claimBatch(worker, { workerId: 'bh', limit: 1, leaseMs: 1000 })).toEqual([]);
+      expect(await claimBatch(worker, { workerId: 'bh', limit: 1, leaseMs: 1000, maxPayloadBytes: 1_048_576 })).toEqual([]);
     } finally {
       proxy.heal();
       await worker.destroy();

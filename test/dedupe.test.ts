@@ -143,7 +143,7 @@ describe('dedupe of active events', () => {
 describe('dedupe semantics of ADR 0001 (revision 2026-11-30)', () => {
   /** Claims everything due as `worker` and returns the row of `id` (other tests' rows are claimed too, harmlessly). */
   async function claim(id: string, workerId = 'w-dedupe', leaseMs = 60_000): Promise<ClaimedRow> {
-    const rows = await claimBatch(db.workerDb(), { workerId, limit: 5000, leaseMs });
+    const rows = await claimBatch(db.workerDb(), { workerId, limit: 5000, leaseMs, maxPayloadBytes: 1_048_576 });
     const row = rows.find((r) => r.id === id);
     if (!row) throw new Error(`event ${id} was not claimed`);
     return row;
