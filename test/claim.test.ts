@@ -98,7 +98,7 @@ describe('claim query', () => {
     // Events that spent many attempts on a sink outage, then lost their worker.
     await produce(db.producerUrl, tenantId(), [{ type: 'outage' }, { type: 'poison' }, { type: 'old' }]);
     const worker = db.workerDb();
-    await claimBatch(worker, { workerId: 'gone', limit: 10, leaseMs: 1 });
+    await claimBatch(worker, { workerId: 'gone', limit: 10, leaseMs: 1, maxPayloadBytes: 1_048_576 });
     await db.query("UPDATE capacity_outbox SET attempts = 12, last_error = 'HTTP 503: deploying'");
     await db.query("UPDATE capacity_outbox SET last_error = 'lease expired: worker gone did not finish attempt 11' WHERE event_type = 'poison'");
     await waitFor(async () => (await db.query('SELECT 1 FROM capacity_outbox WHERE next_attempt_at > now()')).rowCount === 0);

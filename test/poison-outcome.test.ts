@@ -69,7 +69,7 @@ describe('outcomes the database refuses', () => {
     const worker = db.workerDb();
     const metrics = new DispatcherMetrics();
     const completer = new Completer(worker, createLogger('silent'), metrics, { workerId: 'w-split', stopTimeoutMs: 5000 });
-    const claimed = (await claimBatch(worker, { workerId: 'w-split', limit: 100, leaseMs: 60_000 })).filter((r) => (r.payload as { i: number }).i !== undefined);
+    const claimed = (await claimBatch(worker, { workerId: 'w-split', limit: 100, leaseMs: 60_000, maxPayloadBytes: 1_048_576 })).filter((r) => (r.payload as { i: number }).i !== undefined);
     expect(claimed).toHaveLength(6);
     const item = (i: number, outcome: Completion['outcome'], over: Partial<Completion> = {}): Completion => ({
       id: claimed[i]!.id,
