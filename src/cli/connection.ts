@@ -1,3 +1,4 @@
+import os from 'node:os';
 import type { Kysely } from 'kysely';
 import pg from 'pg';
 import { loadEnvConfig, type EnvConfig } from '../config/env.ts';
@@ -7,6 +8,7 @@ import { connectClient } from '../db/connect.ts';
 import type { EmbeddedCluster } from '../embedded/cluster.ts';
 import { prepareEmbedded } from '../embedded/bootstrap.ts';
 import { createLogger, type Logger } from '../log.ts';
+import { ConnectedAsError } from './errors.ts';
 
 export interface Connection {
   /** The URL the command should use. */
@@ -35,6 +37,26 @@ export async function resolveConnection(
   };
 }
 
+/** The login role a URL connects as (what libpq would pick when the URL names none). */
+export function loginRoleOf(url: string, env: NodeJS.ProcessEnv = process.env): string {
+  let user = '';
+  try {
+    user = decodeURIComponent(new URL(url).username);
+  } catch {
+    /* not a URL (a libpq key=value string): fall through */
+  }
+  return user || env.PGUSER || os.userInfo().username;
+}
+
+/** Errors from the database work carry the login they ran as, for the error message. */
+async function reportingLogin<T>(url: string, work: () => Promise<T>): Promise<T> {
+  try {
+    return await work();
+  } catch (err) {
+    throw new ConnectedAsError(err, loginRoleOf(url));
+  }
+}
+
 /** Resolves the connection, runs `work` with a client, and cleans up (client, embedded cluster). */
 export async function withClient<T>(
   config: EnvConfig,
@@ -44,12 +66,14 @@ export async function withClient<T>(
 ): Promise<T> {
   const conn = await resolveConnection(config, log, opts);
   try {
-    const client = await connectClient(conn.url, opts.applicationName);
-    try {
-      return await work(client);
-    } finally {
-      await client.end().catch(() => undefined);
-    }
+    return await reportingLogin(conn.url, async () => {
+      const client = await connectClient(conn.url, opts.applicationName);
+      try {
+        return await work(client);
+      } finally {
+        await client.end().catch(() => undefined);
+      }
+    });
   } finally {
     await conn.release();
   }
@@ -62,7 +86,7 @@ export async function withDatabase<T>(opts: { databaseUrl?: string }, env: NodeJ
   const conn = await resolveConnection(config, log, { as: 'dispatcher', url: opts.databaseUrl });
   const db = createKysely(createPool({ connectionString: conn.url, max: 2, applicationName: 'outbox-dispatcher-cli', role: BACKGROUND_ROLE }));
   try {
-    return await work(db);
+    return await reportingLogin(conn.url, () => work(db));
   } finally {
     await db.destroy();
     await conn.release();
