@@ -23,7 +23,11 @@ export async function migrateCommand(opts: MigrateOptions, env: NodeJS.ProcessEn
       const rows = migrations.map((m) => ({ migration: m.name, state: status.applied.includes(m.version) ? 'applied' : 'pending' }));
       if (opts.json) printJson({ migrations: rows, unknown: status.unknown });
       else process.stdout.write(`${table(rows)}\n`);
-      return status.pending.length > 0 ? EXIT.SCHEMA_BEHIND : EXIT.OK;
+      if (status.pending.length === 0) return EXIT.OK;
+      process.stderr.write(
+        `outbox-dispatcher: migrate: the database schema is behind: ${status.pending.length} migration(s) pending; run "outbox-dispatcher migrate" as the schema owner\n`,
+      );
+      return EXIT.SCHEMA_BEHIND;
     }
     const applied = await migrate(client, { migrations });
     if (opts.json) printJson({ applied });
