@@ -57,6 +57,14 @@ async function reportingLogin<T>(url: string, work: () => Promise<T>): Promise<T
   }
 }
 
+/**
+ * The logger of the operator commands: they print their own report (and a failure as one
+ * line), so JSON log lines (with error stacks) only appear with LOG_LEVEL=debug or trace.
+ */
+export function cliLogger(config: EnvConfig): Logger {
+  return createLogger(config.logLevel === 'debug' || config.logLevel === 'trace' ? config.logLevel : 'silent');
+}
+
 /** Resolves the connection, runs `work` with a client, and cleans up (client, embedded cluster). */
 export async function withClient<T>(
   config: EnvConfig,
@@ -82,7 +90,7 @@ export async function withClient<T>(
 /** Runs `work` as app_background against DATABASE_URL or the embedded default. */
 export async function withDatabase<T>(opts: { databaseUrl?: string }, env: NodeJS.ProcessEnv, work: (db: Kysely<Database>) => Promise<T>): Promise<T> {
   const config = loadEnvConfig(env);
-  const log = createLogger(config.logLevel === 'info' ? 'warn' : config.logLevel);
+  const log = cliLogger(config);
   const conn = await resolveConnection(config, log, { as: 'dispatcher', url: opts.databaseUrl });
   const db = createKysely(createPool({ connectionString: conn.url, max: 2, applicationName: 'outbox-dispatcher-cli', role: BACKGROUND_ROLE }));
   try {

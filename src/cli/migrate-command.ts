@@ -1,8 +1,7 @@
 import { loadEnvConfig } from '../config/env.ts';
 import { loadMigrations, migrate, migrationStatus } from '../db/migrator.ts';
 import { EXIT } from '../lifecycle/errors.ts';
-import { createLogger } from '../log.ts';
-import { withClient } from './connection.ts';
+import { cliLogger, withClient } from './connection.ts';
 import { printJson, table } from './output.ts';
 
 export interface MigrateOptions {
@@ -14,7 +13,7 @@ export interface MigrateOptions {
 /** Applies pending migrations (or reports them with --status; exit 79 when behind). */
 export async function migrateCommand(opts: MigrateOptions, env: NodeJS.ProcessEnv = process.env): Promise<number> {
   const config = loadEnvConfig(env);
-  const log = createLogger(config.logLevel === 'info' ? 'warn' : config.logLevel);
+  const log = cliLogger(config);
   const url = opts.databaseUrl ?? config.migrationDatabaseUrl;
   return withClient(config, log, { as: 'superuser', url, applicationName: 'outbox-dispatcher-migrate' }, async (client) => {
     const migrations = loadMigrations();

@@ -30,6 +30,11 @@ function login(cmd: Command, kind: LoginKind, extra?: string): Command {
   return cmd.addHelpText('after', loginHelp(kind, extra));
 }
 
+/** The login `cmd` needs when run with positional `args` (undefined: not a leaf command). */
+export function loginOf(cmd: Command, args: string[] = []): LoginKind | undefined {
+  return needs.get(cmd)?.(args);
+}
+
 function commandPath(cmd: Command): string {
   const names: string[] = [];
   for (let c: Command | null = cmd; c?.parent; c = c.parent) names.unshift(c.name());
