@@ -150,3 +150,47 @@ describe.concurrent('the wrong login (lacking the role the command needs): exit 
     expect(r.stderr).toMatch(/^outbox-dispatcher: enqueue: permission denied for table capacity_outbox \(connected as outbox_test_worker_\w+\); this command needs a login in app_producer/);
   });
 });
+
+describe.concurrent('other ways a connection fails, and commands without a database', () => {
+  const otherDb = () => {
+    const u = new URL(db.adminUrl);
+    u.pathname = '/outbox_no_such_database';
+    return u.toString();
+  };
+  const otherLogin = () => {
+    const u = new URL(db.adminUrl);
+    u.username = 'outbox_no_such_login';
+    u.password = 'x';
+    return u.toString();
+  };
+  it.each([['events stats'], ['migrate --status'], ['enqueue --type a.b --tenant ' + TENANT]])('a database that does not exist: %s exits 69', async (cmd) => {
+    const c = COMMANDS.find((x) => cmd.startsWith(x.args.slice(0, 2).join(' ')))!;
+    const r = await runCli(cmd.split(' '), envFor(c, otherDb()), 120_000);
+    const line = expectOneLine(r, cmd);
+    expect(r.code, line).toBe(69);
+    expect(line).toMatch(/database "outbox_no_such_database" does not exist/);
+  });
+
+  it.each([['events stats'], ['incident poison']])('a login the server does not know: %s exits 77', async (cmd) => {
+    const c = COMMANDS.find((x) => cmd.startsWith(x.args.slice(0, 2).join(' ')))!;
+    const r = await runCli(cmd.split(' '), envFor(c, otherLogin()), 120_000);
+    const line = expectOneLine(r, cmd);
+    expect(r.code, line).toBe(77);
+    expect(line).toMatch(/the database rejected the login.*outbox_no_such_login/);
+  });
+
+  it('incident sink-outage on a port in use: exit 1, one line', async () => {
+    const port = new URL(db.adminUrl).port || '5432';
+    const r = await runCli(['incident', 'sink-outage', '--listen', `${new URL(db.adminUrl).hostname}:${port}`, '--duration', '1']);
+    const line = expectOneLine(r, 'sink-outage');
+    expect(r.code, line).toBe(1);
+    expect(line).toMatch(/EADDRINUSE/);
+  });
+
+  it('incident dispatcher-down with a pid that does not exist: exit 1, one line', async () => {
+    const r = await runCli(['incident', 'dispatcher-down', '--pid', '4194303', '--duration', '1']);
+    const line = expectOneLine(r, 'dispatcher-down');
+    expect(r.code, line).toBe(1);
+    expect(line).toMatch(/cannot signal pid 4194303: no such process/);
+  });
+});

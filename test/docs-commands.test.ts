@@ -157,6 +157,7 @@ beforeAll(async () => {
 }, 180_000);
 
 afterAll(async () => {
+  fs.rmSync(path.dirname(routesFile), { recursive: true, force: true });
   await admin?.end();
   await db?.drop();
   if (owner) {

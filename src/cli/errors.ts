@@ -65,9 +65,9 @@ export function describeFailure(err: unknown, ctx: CommandContext, env: NodeJS.P
       case 'unreachable':
         return said(EXIT.DATABASE_UNAVAILABLE, `cannot connect to the database: ${detail}`);
       case 'login-rejected':
-        return said(EXIT.PRIVILEGED_ROLE, `the database rejected the login${as}: ${detail}; ${loginAdvice(ctx.login ?? 'none')}`);
+        return said(EXIT.PRIVILEGED_ROLE, `the database rejected the login${as}: ${detail}; ${loginAdvice(ctx.login ?? 'none', ctx.loginRole)}`);
       case 'permission':
-        return said(EXIT.PRIVILEGED_ROLE, `${detail}${as}; ${loginAdvice(ctx.login ?? 'none')}`);
+        return said(EXIT.PRIVILEGED_ROLE, `${detail}${as}; ${loginAdvice(ctx.login ?? 'none', ctx.loginRole)}`);
       case 'not-migrated':
         return said(
           EXIT.SCHEMA_BEHIND,
@@ -77,6 +77,10 @@ export function describeFailure(err: unknown, ctx: CommandContext, env: NodeJS.P
   }
   if (err instanceof AdoptError) return said(EXIT.FAILURE, `adopt: ${err.message}`);
   if (err instanceof MigrationError) return said(EXIT.FAILURE, err.message);
+
+  // The operating system said no (a port in use, a file not readable): expected, and its message says it all.
+  const sys = err as { code?: unknown; syscall?: unknown };
+  if (err instanceof Error && typeof sys.code === 'string' && typeof sys.syscall === 'string') return said(EXIT.FAILURE, err.message);
 
   const message = err instanceof Error ? err.message || err.name : String(err);
   const debug = env.LOG_LEVEL === 'debug' || env.LOG_LEVEL === 'trace';

@@ -36,10 +36,11 @@ export function loginHelp(kind: LoginKind, extra?: string): string {
   return `\n${line}${extra ? `\n${extra}` : ''}`;
 }
 
-/** What to tell an operator whose login lacked a privilege for a command needing `kind`. */
-export function loginAdvice(kind: LoginKind): string {
+/** What to tell an operator whose login (`loginRole`, when known) lacked a privilege for a command needing `kind`. */
+export function loginAdvice(kind: LoginKind, loginRole?: string): string {
   if (kind === 'none') return 'check the privileges of the login';
   const info = LOGINS[kind];
-  if (info.role) return `this command needs a login in ${info.role}: ${info.who} (GRANT ${info.role} TO <login>)`;
+  const grantee = loginRole ? `"${loginRole.replaceAll('"', '""')}"` : '<login>';
+  if (info.role) return `this command needs a login in ${info.role}: ${info.who}; connect as one, or as the owner: GRANT ${info.role} TO ${grantee}`;
   return `this command needs ${info.who}, which owns capacity_outbox and the outbox_dispatcher schema (${info.from})`;
 }
