@@ -9,6 +9,7 @@ import { freePort } from './support/ports.ts';
 
 // Issue 10, "Operator commands on a bad day": every command that touches the database, in
 // every failure class an operator meets, exits with README's code and says why in one line.
+// Sequential on purpose: the CLI runs are CPU-bound and the suite shares a small machine.
 
 const TENANT = tenantId();
 const LOG_ROUTES = JSON.stringify({ routes: [{ match: '*', sink: { type: 'log' } }] });
@@ -87,7 +88,7 @@ describe('the failure table', () => {
   });
 });
 
-describe.concurrent('an unreachable database (closed port): exit 69', () => {
+describe('an unreachable database (closed port): exit 69', () => {
   it.each(COMMANDS.map((c) => [label(c), c] as const))('%s', async (_name, c) => {
     const r = await runCli(c.args, envFor(c, closedPortUrl), 120_000);
     const line = expectOneLine(r, label(c));
@@ -96,7 +97,7 @@ describe.concurrent('an unreachable database (closed port): exit 69', () => {
   });
 });
 
-describe.concurrent('an unmigrated, empty database, each with the login the docs name: says so, exit 79', () => {
+describe('an unmigrated, empty database, each with the login the docs name: says so, exit 79', () => {
   const urlFor = (c: CommandCase) => (c.login === 'owner' ? empty.url : c.login === 'daemon' ? workerUrlOf(empty.url) : producerUrlOf(empty.url));
   it.each(COMMANDS.filter((c) => c.args.join(' ') !== 'migrate').map((c) => [label(c), c] as const))('%s', async (_name, c) => {
     const r = await runCli(c.args, envFor(c, urlFor(c)), 120_000);
@@ -125,7 +126,7 @@ function producerUrlOf(url: string): string {
   return u.toString();
 }
 
-describe.concurrent('the wrong login (lacking the role the command needs): exit 77, naming it', () => {
+describe('the wrong login (lacking the role the command needs): exit 77, naming it', () => {
   const WRONG: Record<string, { url: () => string; says: RegExp }> = {
     daemon: { url: () => db.producerUrl, says: /app_background/ },
     producer: { url: () => db.workerUrl, says: /this command needs a login in app_producer/ },
@@ -151,7 +152,7 @@ describe.concurrent('the wrong login (lacking the role the command needs): exit 
   });
 });
 
-describe.concurrent('other ways a connection fails, and commands without a database', () => {
+describe('other ways a connection fails, and commands without a database', () => {
   const otherDb = () => {
     const u = new URL(db.adminUrl);
     u.pathname = '/outbox_no_such_database';

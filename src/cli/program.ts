@@ -6,7 +6,7 @@ import { migrateCommand } from './migrate-command.ts';
 import { partitionsAdoptCommand, partitionsRotateCommand, partitionsStatusCommand } from './partitions-command.ts';
 import { runCommand } from './run-command.ts';
 import type { CommandContext } from './errors.ts';
-import { incidentLogin, loginHelp, type LoginKind } from './logins.ts';
+import { incidentLogin, loginHelp, LOGINS, type LoginKind } from './logins.ts';
 import { VERSION } from '../version.ts';
 
 const collect = (value: string, previous: string[] = []) => [...previous, value];
@@ -50,13 +50,7 @@ export function buildProgram(context?: CommandContext): Command {
     .description('Relays transactional-outbox events from PostgreSQL (capacity_outbox) to sinks.')
     .version(VERSION)
     .showHelpAfterError()
-    .exitOverride()
-    .addHelpText(
-      'after',
-      "\nLogins: the daemon's (a member of app_background) for run, events and partitions status/rotate; a producer's\n" +
-        "(app_producer) for enqueue and incident poison; the schema owner's for migrate, partitions adopt and the other\n" +
-        'incidents. Each command\'s --help says which. Exit codes: README "CLI".',
-    );
+    .exitOverride();
   program.hook('preAction', (_root, action) => {
     if (!context) return;
     // An incident's scenario decides what it touches: name it too.
@@ -163,12 +157,36 @@ export function buildProgram(context?: CommandContext): Command {
     .action(async (scenario: string, opts) => {
       process.exitCode = await incidentCommand(scenario, opts);
     })
-    .addHelpText(
-      'after',
-      "\nLogin: poison: a producer's login (a member of app_producer), from --database-url or DATABASE_URL.\n" +
-        "backlog, claim-latency, runway-low: the schema owner's login, from --database-url, MIGRATION_DATABASE_URL or DATABASE_URL.\n" +
-        'sink-outage, dispatcher-down: none (no database connection).',
-    );
+    .addHelpText('after', `\n${incidentLoginHelp()}`);
   needs.set(program.commands.at(-1)!, (args) => incidentLogin(args[0] ?? ''));
+
+  program.addHelpText('after', `\n${loginSummary(program)}\nExit codes: README "CLI".`);
   return program;
+}
+
+/** "Logins:" of the top-level --help, from the same table the commands use. */
+function loginSummary(program: Command): string {
+  const byKind = new Map<LoginKind, string[]>();
+  const add = (kind: LoginKind, name: string) => byKind.set(kind, [...(byKind.get(kind) ?? []), name]);
+  const walk = (cmd: Command) => {
+    for (const sub of cmd.commands) {
+      if (sub.commands.length) walk(sub);
+      else if (sub.name() === 'incident') for (const s of SCENARIOS) add(incidentLogin(s), `incident ${s}`);
+      else {
+        const kind = loginOf(sub);
+        if (kind) add(kind, commandPath(sub));
+      }
+    }
+  };
+  walk(program);
+  const lines = (['daemon', 'producer', 'owner'] as const).map((k) => `  ${LOGINS[k].who}: ${(byKind.get(k) ?? []).join(', ')}`);
+  return ['Logins (each command\'s --help says which it needs):', ...lines].join('\n');
+}
+
+function incidentLoginHelp(): string {
+  const lines = SCENARIOS.map((s) => {
+    const kind = incidentLogin(s);
+    return `  ${s}: ${kind === 'none' ? 'none (no database connection)' : `${LOGINS[kind].who}, from ${LOGINS[kind].from}`}`;
+  });
+  return ['Login, by scenario:', ...lines].join('\n');
 }
