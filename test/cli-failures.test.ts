@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { SCENARIOS } from '../src/cli/incident-command.ts';
 import { incidentLogin, type LoginKind } from '../src/cli/logins.ts';
 import { buildProgram } from '../src/cli/program.ts';
@@ -51,6 +51,9 @@ function expectOneLine(r: CliResult, what: string): string {
   expect(r.stderr, `${what}: no stack trace`).not.toMatch(/^\s+at\s|\.(ts|js):\d+:\d+/m);
   return lines[0]!;
 }
+
+// Each case starts the CLI once (seconds on a loaded machine, never a measured budget).
+vi.setConfig({ testTimeout: 180_000 });
 
 let db: TestDatabase;
 let empty: { url: string; drop: () => Promise<void> };
