@@ -16,8 +16,6 @@ import { DOCS, docCommands, readDoc, sqlSnippets, type DocCommand } from './supp
 // command and SQL snippet in README and the runbooks is run as written, with the login the
 // docs name, against a real database migrated by a plain (non-superuser) schema owner.
 
-const KNOWN_OWNER_RLS =
-  'issue 10 item 2: RLS is forced on capacity_outbox and no policy covers the owner, so a plain owner reads 0 rows and cannot write; another helper is fixing owner visibility';
 
 // ---------------------------------------------------------------- which login the docs name
 
@@ -172,8 +170,9 @@ afterAll(async () => {
 
 interface SqlExpectation {
   doc: string;
-  /** Identifies the snippet. */
+  /** Identifies the snippet (the whole snippet when `exact`). */
   contains: string;
+  exact?: boolean;
   login: 'owner' | 'producer' | 'skip';
   /** Why it is skipped, or why it is a known failure. */
   reason?: string;
@@ -188,23 +187,30 @@ const SQL: SqlExpectation[] = [
   { doc: 'README.md', contains: 'INSERT INTO capacity_outbox (restaurant_id', login: 'producer', check: (rs) => expect(rs.find((r) => r.command === 'INSERT')?.rowCount).toBe(1) },
   { doc: 'README.md', contains: 'GRANT app_producer TO my_api_role', login: 'skip', reason: "names the reader's own application role" },
   { doc: 'runbooks/alerts.md', contains: 'FROM pg_stat_activity\nWHERE datname', login: 'owner', check: (rs) => expect(rowsOf(rs)[0]!.rows.length).toBeGreaterThan(0) },
-  { doc: 'runbooks/alerts.md', contains: "last_error LIKE 'lease expired%'", login: 'owner', known: true, reason: KNOWN_OWNER_RLS, check: (rs) => expect(rowsOf(rs)[0]!.rows.length).toBe(1) },
+  { doc: 'runbooks/alerts.md', contains: "last_error LIKE 'lease expired%'", login: 'owner', check: (rs) => expect(rowsOf(rs)[0]!.rows.length).toBe(1) },
   { doc: 'runbooks/alerts.md', contains: 'VACUUM (ANALYZE) capacity_outbox_pYYYY_MM', login: 'owner' },
   { doc: 'runbooks/alerts.md', contains: "locktype = 'advisory'", login: 'owner' },
   { doc: 'runbooks/alerts.md', contains: 'FROM capacity_outbox_default GROUP BY 1', login: 'owner', check: (rs) => expect(rowsOf(rs)[0]!.rows.length).toBe(2) },
-  { doc: 'runbooks/outbox.md', contains: "WHERE id = '<event id>'", login: 'owner', known: true, reason: KNOWN_OWNER_RLS, check: (rs) => expect(rowsOf(rs)[0]!.rows).toHaveLength(1) },
+  { doc: 'runbooks/outbox.md', contains: "WHERE id = '<event id>'", login: 'owner', check: (rs) => expect(rowsOf(rs)[0]!.rows).toHaveLength(1) },
   { doc: 'runbooks/partitions.md', contains: "'analytics_events', 'created_at', 3, 13, 'detach'", login: 'owner', check: (rs) => expect(rs.at(-1)!.rowCount).toBe(1) },
   { doc: 'runbooks/partitions.md', contains: 'RENAME TO capacity_outbox_partitioned_rolled_back', login: 'skip', reason: 'rollback right after an adopt swap; adopt is tested in adopt.test.ts' },
   { doc: 'runbooks/partitions.md', contains: 'FROM capacity_outbox_default GROUP BY 1', login: 'owner', check: (rs) => expect(rowsOf(rs)[0]!.rows.length).toBe(2) },
-  { doc: 'runbooks/partitions.md', contains: "abandoned by <you>: <ticket>", login: 'owner', known: true, reason: KNOWN_OWNER_RLS, check: (rs) => expect(rs.at(-1)!.rowCount).toBe(1) },
+  { doc: 'runbooks/partitions.md', contains: "abandoned by <you>: <ticket>", login: 'owner', check: (rs) => expect(rs.at(-1)!.rowCount).toBe(1) },
   { doc: 'runbooks/partitions.md', contains: "xact_start < now() - interval '1 minute'", login: 'owner' },
   { doc: 'runbooks/partitions.md', contains: 'DROP TABLE public.capacity_outbox_unpartitioned', login: 'skip', reason: 'only after an adopt (adopt.test.ts)' },
   { doc: 'runbooks/rls.md', contains: 'relforcerowsecurity FROM pg_class', login: 'owner', check: (rs) => expect(rowsOf(rs)[0]!.rows[0]).toMatchObject({ relrowsecurity: true, relforcerowsecurity: true }) },
   { doc: 'runbooks/rls.md', contains: 'SELECT DISTINCT restaurant_id FROM capacity_outbox', login: 'producer', errors: /tenant context missing/, check: (rs) => expect(rowsOf(rs).find((r) => 'restaurant_id' in (r.rows[0] ?? {}))?.rows).toEqual([{ restaurant_id: A }]) },
   { doc: 'runbooks/rls.md', contains: "set_restaurant_context('<uuid>');", login: 'producer' },
+  { doc: 'runbooks/rls.md', contains: 'SELECT count(*) FROM capacity_outbox;', exact: true, login: 'owner', check: (rs) => expect(Number(rowsOf(rs)[0]!.rows[0].count)).toBeGreaterThanOrEqual(6) },
+  { doc: 'runbooks/rls.md', contains: 'ALTER POLICY capacity_outbox_owner ON capacity_outbox TO <owner>', login: 'owner', check: (rs) => expect(rowsOf(rs)[0]!.rows[0].owner).toBe(owner.role) },
+  { doc: 'runbooks/outbox.md', contains: "application_name LIKE 'outbox-dispatcher%'", login: 'owner' },
+  { doc: 'runbooks/partitions.md', contains: 'pg_terminate_backend(<pid>)', login: 'skip', reason: 'ends a stuck session; nothing to end here' },
+  { doc: 'runbooks/partitions.md', contains: 'capacity_outbox_unpartitioned) AS at_swap', login: 'skip', reason: 'only after an adopt swap (adopt.test.ts)' },
   { doc: 'runbooks/rls.md', contains: 'GRANT app_background TO <login role>', login: 'owner' },
   { doc: 'runbooks/rls.md', contains: "VALUES ('metrics_reader', 'dashboards')", login: 'owner' },
 ];
+
+const matches = (e: SqlExpectation, s: { doc: string; sql: string }) => e.doc === s.doc && (e.exact ? s.sql === e.contains : s.sql.includes(e.contains));
 
 function fillSql(sql: string): string {
   const month = new Date().toISOString().slice(0, 7).replace('-', '_');
@@ -215,6 +221,7 @@ function fillSql(sql: string): string {
     .replaceAll('<you>', 'docs-test')
     .replaceAll('<ticket>', 'OPS-1')
     .replaceAll('<login role>', new URL(workerUrl).username)
+    .replaceAll('<owner>', owner.role)
     .replaceAll('pYYYY_MM', `p${month}`);
 }
 
@@ -255,7 +262,7 @@ describe('SQL snippets in README and runbooks, as the login they name', () => {
   const snippets = sqlSnippets();
   it('each snippet has an expectation here', () => {
     for (const s of snippets) {
-      expect(SQL.filter((e) => e.doc === s.doc && s.sql.includes(e.contains)), `${s.doc}: ${s.sql.slice(0, 80)}`).toHaveLength(1);
+      expect(SQL.filter((e) => matches(e, s)), `${s.doc}: ${s.sql.slice(0, 80)}`).toHaveLength(1);
     }
   });
   for (const e of SQL) {
@@ -265,7 +272,7 @@ describe('SQL snippets in README and runbooks, as the login they name', () => {
       continue;
     }
     (e.known ? it.fails : it)(e.known ? `${name} [known: ${e.reason}]` : name, async () => {
-      const snippet = snippets.find((s) => s.doc === e.doc && s.sql.includes(e.contains));
+      const snippet = snippets.find((s) => matches(e, s));
       expect(snippet, 'snippet still in the docs').toBeDefined();
       const { results, errors } = await runSql(e.login === 'owner' ? owner.url : producerUrl, fillSql(snippet!.sql));
       if (e.errors) {
@@ -297,14 +304,8 @@ const OUTCOME: Record<string, { code: number; stdoutOrStderr: RegExp; why: strin
   },
 };
 
-// The seeded rows in the default partition must move into monthly partitions; as a plain owner
-// that move violates the forced RLS (issue 10 item 2, repros 05/16: rotation fails the step).
-const KNOWN_ROTATE = `${KNOWN_OWNER_RLS} (rotate's move of default-partition rows runs as the owner)`;
-const KNOWN_CLI: Record<string, string> = {
-  'incident backlog --count 200 --age 3600 --database-url <staging owner url>': KNOWN_OWNER_RLS,
-  'partitions rotate': KNOWN_ROTATE,
-  'partitions rotate --table capacity_outbox': KNOWN_ROTATE,
-};
+// Commands expected to fail for a known, unfixed bug: command → reason (it.fails, so a fix flips it).
+const KNOWN_CLI: Record<string, string> = {};
 
 function fill(c: DocCommand, daemonPid: () => number): string[] {
   let nextId = 0;
