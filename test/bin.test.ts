@@ -2,13 +2,16 @@ import { spawnSync, type SpawnSyncReturns } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { createEmptyDatabase, createTestDatabase, type TestDatabase } from './support/db.ts';
 import { ROOT } from './support/docs.ts';
 
 // Issue 13: the `outbox-dispatcher` command exists wherever the docs use it: `npx` in the
 // project after `npm run build`, the package's bin once installed, and (scripts/container-smoke.sh)
 // the image's PATH. Each form runs here the way a user types it.
+
+// npm and node starts: seconds each on a loaded machine (a harness limit, never a measured budget).
+vi.setConfig({ testTimeout: 300_000 });
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'outbox-bin-'));
 /** A user's shell: Node 24 first on PATH (engines), nothing pointing at a database. */
