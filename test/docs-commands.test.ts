@@ -322,6 +322,7 @@ function fill(c: DocCommand, daemonPid: () => number): string[] {
       case '<staging owner url>':
         return owner.url;
       case '<pattern>':
+      case '<the sink route pattern>':
         return 'booking.*';
       case '<time>':
       case '<outage start>':
