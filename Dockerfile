@@ -27,10 +27,14 @@ COPY --from=build --chown=root:root /app/node_modules ./node_modules
 COPY --from=build --chown=root:root /app/dist ./dist
 COPY --chown=root:root package.json ./
 COPY --chown=root:root migrations ./migrations
+# The command the docs use (`kubectl exec ... -- outbox-dispatcher events stats`): npm's bin,
+# linked where PATH finds it. dist/main.js carries its shebang and exec bit from the build.
+RUN ln -s /app/dist/main.js /usr/local/bin/outbox-dispatcher \
+ && outbox-dispatcher --version
 USER node
 EXPOSE 9464
 HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
   CMD ["node", "-e", "fetch(`http://127.0.0.1:${process.env.METRICS_PORT}/healthz`).then(r => process.exit(r.ok ? 0 : 1), () => process.exit(1))"]
 # The image needs DATABASE_URL and OUTBOX_ROUTES (no embedded PostgreSQL inside).
-ENTRYPOINT ["/usr/bin/tini", "--", "node", "dist/main.js"]
+ENTRYPOINT ["/usr/bin/tini", "--", "outbox-dispatcher"]
 CMD ["run"]

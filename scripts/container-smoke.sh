@@ -41,10 +41,11 @@ else
   buildah "${STORAGE[@]}" from --name outbox-smoke "$TAG" >/dev/null
 fi
 echo "== runner: $RUNNER"
-# in_image <args...>: run `node dist/main.js <args>` inside the image, in the foreground.
+# in_image <args...>: run `outbox-dispatcher <args>` inside the image by name (as
+# `kubectl exec deploy/outbox-dispatcher -- outbox-dispatcher ...` does), in the foreground.
 in_image() {
-  if [ "$RUNNER" = podman ]; then podman "${STORAGE[@]}" run --rm --network host "${ENVS[@]}" "$TAG" "$@"
-  else buildah "${STORAGE[@]}" run --isolation chroot --network host "${ENVS[@]}" outbox-smoke -- node dist/main.js "$@"; fi
+  if [ "$RUNNER" = podman ]; then podman "${STORAGE[@]}" run --rm --network host "${ENVS[@]}" --entrypoint outbox-dispatcher "$TAG" "$@"
+  else buildah "${STORAGE[@]}" run --isolation chroot --network host "${ENVS[@]}" outbox-smoke -- outbox-dispatcher "$@"; fi
 }
 
 echo "== database $DB"
@@ -59,6 +60,7 @@ cleanup() {
 }
 trap cleanup EXIT
 ENVS=()
+echo "== outbox-dispatcher on the image's PATH: $(in_image --version)"
 # Migrations ship in the image: run them from it, as the owner.
 in_image migrate --database-url "$DB_URL"
 psql "$DB_URL" -qc "DO \$\$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'outbox_smoke') THEN CREATE ROLE outbox_smoke LOGIN PASSWORD 'smoke'; END IF; END \$\$; GRANT app_background TO outbox_smoke; GRANT app_producer TO outbox_smoke;"
@@ -71,7 +73,7 @@ if [ "$RUNNER" = podman ]; then
   podman "${STORAGE[@]}" run -d --name outbox-smoke --network host "${ENVS[@]}" "$TAG" >/dev/null
   (podman "${STORAGE[@]}" logs -f outbox-smoke >"$LOG" 2>&1 &)
 else
-  buildah "${STORAGE[@]}" run --isolation chroot --network host "${ENVS[@]}" outbox-smoke -- node dist/main.js run >"$LOG" 2>&1 &
+  buildah "${STORAGE[@]}" run --isolation chroot --network host "${ENVS[@]}" outbox-smoke -- outbox-dispatcher run >"$LOG" 2>&1 &
   DAEMON_PID=$!
 fi
 for _ in $(seq 1 60); do curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null && break; sleep 0.5; done

@@ -26,7 +26,7 @@ describe('incident scenarios', () => {
     expect(fix.code, fix.stderr).toBe(0);
     const [ok] = await partitionStatus(db.workerDb(), new Date());
     expect(ok!.runwaySeconds!).toBeGreaterThan(85 * 86400);
-  });
+  }, 240_000); // two CLI starts; slow only on a loaded machine
 
   it('claim-latency pushes the claim statement past the 10 ms budget while it runs', async () => {
     const incident = runCli(['incident', 'claim-latency', '--duration', '3', '--hold', '80', '--database-url', db.adminUrl]);

@@ -1,3 +1,4 @@
+import os from 'node:os';
 import type { Kysely } from 'kysely';
 import pg from 'pg';
 import { loadEnvConfig, type EnvConfig } from '../config/env.ts';
@@ -11,6 +12,7 @@ import { connectClient } from '../db/connect.ts';
 import type { EmbeddedCluster } from '../embedded/cluster.ts';
 import { prepareEmbedded } from '../embedded/bootstrap.ts';
 import { createLogger, type Logger } from '../log.ts';
+import { ConnectedAsError } from './errors.ts';
 
 export interface Connection {
   /** The URL the command should use. */
@@ -39,6 +41,34 @@ export async function resolveConnection(
   };
 }
 
+/** The login role a URL connects as (what libpq would pick when the URL names none). */
+export function loginRoleOf(url: string, env: NodeJS.ProcessEnv = process.env): string {
+  let user = '';
+  try {
+    user = decodeURIComponent(new URL(url).username);
+  } catch {
+    /* not a URL (a libpq key=value string): fall through */
+  }
+  return user || env.PGUSER || os.userInfo().username;
+}
+
+/** Errors from the database work carry the login they ran as, for the error message. */
+async function reportingLogin<T>(url: string, work: () => Promise<T>): Promise<T> {
+  try {
+    return await work();
+  } catch (err) {
+    throw new ConnectedAsError(err, loginRoleOf(url));
+  }
+}
+
+/**
+ * The logger of the operator commands: they print their own report (and a failure as one
+ * line), so JSON log lines (with error stacks) only appear with LOG_LEVEL=debug or trace.
+ */
+export function cliLogger(config: EnvConfig): Logger {
+  return createLogger(config.logLevel === 'debug' || config.logLevel === 'trace' ? config.logLevel : 'silent');
+}
+
 /** Resolves the connection, runs `work` with a client, and cleans up (client, embedded cluster). */
 export async function withClient<T>(
   config: EnvConfig,
@@ -48,12 +78,14 @@ export async function withClient<T>(
 ): Promise<T> {
   const conn = await resolveConnection(config, log, opts);
   try {
-    const client = await connectClient(conn.url, opts.applicationName);
-    try {
-      return await work(client, conn.url);
-    } finally {
-      await client.end().catch(() => undefined);
-    }
+    return await reportingLogin(conn.url, async () => {
+      const client = await connectClient(conn.url, opts.applicationName);
+      try {
+        return await work(client, conn.url);
+      } finally {
+        await client.end().catch(() => undefined);
+      }
+    });
   } finally {
     await conn.release();
   }
@@ -66,17 +98,19 @@ export async function withClient<T>(
  */
 export async function withDatabase<T>(opts: { databaseUrl?: string }, env: NodeJS.ProcessEnv, work: (db: Kysely<Database>) => Promise<T>): Promise<T> {
   const config = loadEnvConfig(env);
-  const log = createLogger(config.logLevel === 'info' ? 'warn' : config.logLevel);
+  const log = cliLogger(config);
   const conn = await resolveConnection(config, log, { as: 'dispatcher', url: opts.databaseUrl });
   let db: Kysely<Database> | undefined;
   try {
-    const probe = await connectClient(conn.url, 'outbox-dispatcher-cli');
-    // The CLI is run by an operator, who may use a privileged URL on purpose: it switches.
-    const roleSwitch = await inspectLoginRole(probe)
-      .then((role) => roleSwitchNeeded(role, { allowPrivilegedRole: true }))
-      .finally(() => probe.end().catch(() => undefined));
-    db = createKysely(createPool({ connectionString: conn.url, max: 2, applicationName: 'outbox-dispatcher-cli', role: poolRole(roleSwitch) }));
-    return await work(db);
+    return await reportingLogin(conn.url, async () => {
+      const probe = await connectClient(conn.url, 'outbox-dispatcher-cli');
+      // The CLI is run by an operator, who may use a privileged URL on purpose: it switches.
+      const roleSwitch = await inspectLoginRole(probe)
+        .then((role) => roleSwitchNeeded(role, { allowPrivilegedRole: true }))
+        .finally(() => probe.end().catch(() => undefined));
+      db = createKysely(createPool({ connectionString: conn.url, max: 2, applicationName: 'outbox-dispatcher-cli', role: poolRole(roleSwitch) }));
+      return await work(db);
+    });
   } finally {
     await db?.destroy();
     await conn.release();

@@ -2,8 +2,7 @@ import pg from 'pg';
 import { loadEnvConfig } from '../config/env.ts';
 import { EXIT } from '../lifecycle/errors.ts';
 import { asProducer } from '../tenancy/producer.ts';
-import { createLogger } from '../log.ts';
-import { withClient } from './connection.ts';
+import { cliLogger, withClient } from './connection.ts';
 import { printJson } from './output.ts';
 import { UsageError, parseJsonObject, parseUuid } from './parse.ts';
 
@@ -35,7 +34,7 @@ export async function enqueueCommand(opts: EnqueueOptions, env: NodeJS.ProcessEn
   if (!Number.isInteger(count) || count < 1 || count > 100_000) throw new UsageError('--count must be a whole number between 1 and 100000');
 
   const config = loadEnvConfig(env);
-  const log = createLogger(config.logLevel === 'info' ? 'warn' : config.logLevel);
+  const log = cliLogger(config);
   return withClient(config, log, { as: 'superuser', url: opts.databaseUrl, applicationName: 'outbox-dispatcher-enqueue' }, async (client) => {
     const result = await enqueue(client, { tenant, type: opts.type, payload, dedupeKey: opts.dedupeKey, idempotencyKey: opts.idempotencyKey, count });
     if (opts.json) printJson(result);

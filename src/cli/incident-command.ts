@@ -1,8 +1,7 @@
 import { loadEnvConfig } from '../config/env.ts';
 import { EXIT } from '../lifecycle/errors.ts';
-import { createLogger } from '../log.ts';
 import * as incidents from '../incidents/scenarios.ts';
-import { withClient } from './connection.ts';
+import { cliLogger, withClient } from './connection.ts';
 import { UsageError, parsePositiveInt, parseTypePattern, parseUuid } from './parse.ts';
 
 export const SCENARIOS = ['sink-outage', 'poison', 'backlog', 'dispatcher-down', 'runway-low', 'claim-latency'] as const;
@@ -50,7 +49,7 @@ export async function incidentCommand(scenario: string, opts: IncidentOptions, e
   }
 
   const config = loadEnvConfig(env);
-  const log = createLogger(config.logLevel === 'info' ? 'warn' : config.logLevel);
+  const log = cliLogger(config);
   // Poison goes through the producer path; the others need the table owner.
   const url = opts.databaseUrl ?? (scenario === 'poison' ? undefined : config.migrationDatabaseUrl);
   await withClient(config, log, { as: 'superuser', url, applicationName: `outbox-incident-${scenario}` }, async (client) => {

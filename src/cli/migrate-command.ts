@@ -1,8 +1,7 @@
 import { loadEnvConfig } from '../config/env.ts';
 import { loadMigrations, migrate, migrationStatus } from '../db/migrator.ts';
 import { EXIT } from '../lifecycle/errors.ts';
-import { createLogger } from '../log.ts';
-import { assertSessionConnection, withClient } from './connection.ts';
+import { assertSessionConnection, cliLogger, withClient } from './connection.ts';
 import { printJson, table } from './output.ts';
 
 export interface MigrateOptions {
@@ -14,7 +13,7 @@ export interface MigrateOptions {
 /** Applies pending migrations (or reports them with --status; exit 79 when behind). */
 export async function migrateCommand(opts: MigrateOptions, env: NodeJS.ProcessEnv = process.env): Promise<number> {
   const config = loadEnvConfig(env);
-  const log = createLogger(config.logLevel === 'info' ? 'warn' : config.logLevel);
+  const log = cliLogger(config);
   const url = opts.databaseUrl ?? config.migrationDatabaseUrl;
   return withClient(config, log, { as: 'superuser', url, applicationName: 'outbox-dispatcher-migrate' }, async (client, connectionString) => {
     const migrations = loadMigrations();
@@ -23,7 +22,11 @@ export async function migrateCommand(opts: MigrateOptions, env: NodeJS.ProcessEn
       const rows = migrations.map((m) => ({ migration: m.name, state: status.applied.includes(m.version) ? 'applied' : 'pending' }));
       if (opts.json) printJson({ migrations: rows, unknown: status.unknown });
       else process.stdout.write(`${table(rows)}\n`);
-      return status.pending.length > 0 ? EXIT.SCHEMA_BEHIND : EXIT.OK;
+      if (status.pending.length === 0) return EXIT.OK;
+      process.stderr.write(
+        `outbox-dispatcher: migrate: the database schema is behind: ${status.pending.length} migration(s) pending; run "outbox-dispatcher migrate" as the schema owner\n`,
+      );
+      return EXIT.SCHEMA_BEHIND;
     }
     // Refuse before taking the session lock a transaction pooler would strand on some server session.
     await assertSessionConnection(client, connectionString, { flagUrl: opts.databaseUrl, config });

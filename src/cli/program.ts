@@ -5,6 +5,8 @@ import { incidentCommand, SCENARIOS } from './incident-command.ts';
 import { migrateCommand } from './migrate-command.ts';
 import { partitionsAdoptCommand, partitionsRotateCommand, partitionsStatusCommand } from './partitions-command.ts';
 import { runCommand } from './run-command.ts';
+import type { CommandContext } from './errors.ts';
+import { incidentLogin, loginHelp, LOGINS, type LoginKind } from './logins.ts';
 import { VERSION } from '../version.ts';
 
 const collect = (value: string, previous: string[] = []) => [...previous, value];
@@ -20,18 +22,48 @@ function filterOptions(cmd: Command): Command {
     .option('--json', 'machine-readable output');
 }
 
-export function buildProgram(): Command {
+/** The login each command needs (see logins.ts); read by the error mapping through the context. */
+const needs = new WeakMap<Command, (args: string[]) => LoginKind>();
+
+function login(cmd: Command, kind: LoginKind, extra?: string): Command {
+  needs.set(cmd, () => kind);
+  return cmd.addHelpText('after', loginHelp(kind, extra));
+}
+
+/** The login `cmd` needs when run with positional `args` (undefined: not a leaf command). */
+export function loginOf(cmd: Command, args: string[] = []): LoginKind | undefined {
+  return needs.get(cmd)?.(args);
+}
+
+function commandPath(cmd: Command): string {
+  const names: string[] = [];
+  for (let c: Command | null = cmd; c?.parent; c = c.parent) names.unshift(c.name());
+  return names.join(' ');
+}
+
+/**
+ * The CLI. `context` learns which command runs and the login it needs before the command's
+ * action starts, so a failure can be explained in those terms (errors.ts).
+ */
+export function buildProgram(context?: CommandContext): Command {
   const program = new Command('outbox-dispatcher')
     .description('Relays transactional-outbox events from PostgreSQL (capacity_outbox) to sinks.')
     .version(VERSION)
     .showHelpAfterError()
     .exitOverride();
+  program.hook('preAction', (_root, action) => {
+    if (!context) return;
+    // An incident's scenario decides what it touches: name it too.
+    context.command = action.name() === 'incident' && action.args[0] ? `incident ${action.args[0]}` : commandPath(action);
+    context.login = needs.get(action)?.(action.args);
+  });
 
   program
     .command('run')
     .description('run the dispatcher daemon (embedded PostgreSQL when DATABASE_URL is unset)')
     .addHelpText('after', '\nConfiguration comes from the environment; see README "Configuration".')
     .action(async () => runCommand());
+  login(program.commands.at(-1)!, 'daemon', 'It refuses a superuser or BYPASSRLS login (exit 77) unless OUTBOX_ALLOW_PRIVILEGED_ROLE=true.');
 
   program
     .command('migrate')
@@ -42,6 +74,7 @@ export function buildProgram(): Command {
     .action(async (opts) => {
       process.exitCode = await migrateCommand(opts);
     });
+  login(program.commands.at(-1)!, 'owner', '--status also works with the daemon\'s login.');
 
   program
     .command('enqueue')
@@ -57,20 +90,21 @@ export function buildProgram(): Command {
     .action(async (opts) => {
       process.exitCode = await enqueueCommand(opts);
     });
+  login(program.commands.at(-1)!, 'producer');
 
   const events = program.command('events').description('inspect and repair events');
-  filterOptions(events.command('stats').description('counts by status and event type, and the oldest due event'))
+  login(filterOptions(events.command('stats').description('counts by status and event type, and the oldest due event'))
     .option('--all', "also count 'done' events (scans the whole table)")
     .action(async (opts) => {
       process.exitCode = await statsCommand(opts);
-    });
-  filterOptions(events.command('replay').description('return dead events to pending (filtered); --dry-run shows what it would touch'))
+    }), 'daemon');
+  login(filterOptions(events.command('replay').description('return dead events to pending (filtered); --dry-run shows what it would touch'))
     .option('--id <uuid>', 'only this event (repeatable)', collect)
     .option('--limit <n>', 'replay at most this many')
     .option('--dry-run', 'print what would be replayed; change nothing')
     .action(async (opts) => {
       process.exitCode = await replayCommand(opts);
-    });
+    }), 'daemon');
 
   const partitions = program.command('partitions').description('monthly partitions of capacity_outbox and other registered tables');
   partitions
@@ -82,6 +116,7 @@ export function buildProgram(): Command {
     .action(async (opts) => {
       process.exitCode = await partitionsStatusCommand(opts);
     });
+  login(partitions.commands.at(-1)!, 'daemon');
   partitions
     .command('rotate')
     .description('create partitions ahead, empty the default partition, retire expired ones; prints the DDL (exit 1 if a step failed or was blocked, 75 if deferred: a lock was not available)')
@@ -92,6 +127,7 @@ export function buildProgram(): Command {
     .action(async (opts) => {
       process.exitCode = await partitionsRotateCommand(opts);
     });
+  login(partitions.commands.at(-1)!, 'daemon');
   partitions
     .command('adopt')
     .description('convert a plain registered table into the partitioned layout online (as the table owner: MIGRATION_DATABASE_URL or DATABASE_URL)')
@@ -102,6 +138,7 @@ export function buildProgram(): Command {
     .action(async (opts) => {
       process.exitCode = await partitionsAdoptCommand(opts);
     });
+  login(partitions.commands.at(-1)!, 'owner');
 
   program
     .command('incident')
@@ -119,6 +156,37 @@ export function buildProgram(): Command {
     .addOption(databaseUrlOption())
     .action(async (scenario: string, opts) => {
       process.exitCode = await incidentCommand(scenario, opts);
-    });
+    })
+    .addHelpText('after', `\n${incidentLoginHelp()}`);
+  needs.set(program.commands.at(-1)!, (args) => incidentLogin(args[0] ?? ''));
+
+  program.addHelpText('after', `\n${loginSummary(program)}\nExit codes: README "CLI".`);
   return program;
+}
+
+/** "Logins:" of the top-level --help, from the same table the commands use. */
+function loginSummary(program: Command): string {
+  const byKind = new Map<LoginKind, string[]>();
+  const add = (kind: LoginKind, name: string) => byKind.set(kind, [...(byKind.get(kind) ?? []), name]);
+  const walk = (cmd: Command) => {
+    for (const sub of cmd.commands) {
+      if (sub.commands.length) walk(sub);
+      else if (sub.name() === 'incident') for (const s of SCENARIOS) add(incidentLogin(s), `incident ${s}`);
+      else {
+        const kind = loginOf(sub);
+        if (kind) add(kind, commandPath(sub));
+      }
+    }
+  };
+  walk(program);
+  const lines = (['daemon', 'producer', 'owner'] as const).map((k) => `  ${LOGINS[k].who}: ${(byKind.get(k) ?? []).join(', ')}`);
+  return ['Logins (each command\'s --help says which it needs):', ...lines].join('\n');
+}
+
+function incidentLoginHelp(): string {
+  const lines = SCENARIOS.map((s) => {
+    const kind = incidentLogin(s);
+    return `  ${s}: ${kind === 'none' ? 'none (no database connection)' : `${LOGINS[kind].who}, from ${LOGINS[kind].from}`}`;
+  });
+  return ['Login, by scenario:', ...lines].join('\n');
 }

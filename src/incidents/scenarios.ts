@@ -95,7 +95,14 @@ export async function sinkOutage(
     req.resume();
     res.writeHead(opts.status, { 'content-type': 'text/plain', 'retry-after': '1' }).end('synthetic outage\n');
   });
-  await new Promise<void>((resolve) => server.listen(opts.port, opts.host, resolve));
+  // A port in use is an operator's problem to fix, not a crash: reject, so the CLI says it in one line.
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(opts.port, opts.host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
   out.say(`failing sink on http://${opts.host}:${opts.port}/ answering ${opts.status} for ${Math.round(opts.durationMs / 1000)} s; point a staging route at it; expect OutboxDispatchErrorRatioHigh`);
   await sleep(opts.durationMs, signal);
   server.closeAllConnections();
@@ -106,7 +113,12 @@ export async function sinkOutage(
 
 /** Dispatcher down: freezes a local dispatcher process (SIGSTOP) so its scrapes fail, then resumes it. */
 export async function dispatcherDown(opts: { pid: number; durationMs: number }, out: IncidentOutput, signal?: AbortSignal): Promise<void> {
-  process.kill(opts.pid, 'SIGSTOP');
+  try {
+    process.kill(opts.pid, 'SIGSTOP');
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    throw Object.assign(new Error(`cannot signal pid ${opts.pid}: ${e.code === 'ESRCH' ? 'no such process' : e.message}`), { code: e.code, syscall: e.syscall });
+  }
   out.say(`froze dispatcher pid ${opts.pid} for ${Math.round(opts.durationMs / 1000)} s; expect OutboxDispatcherDown (leases it held expire and other replicas rescue its events)`);
   try {
     await sleep(opts.durationMs, signal);

@@ -45,7 +45,12 @@ export interface WorkerProcess {
 
 /** Starts `outbox-dispatcher run` as a child process. */
 export function startWorkerProcess(env: Record<string, string>): WorkerProcess {
-  const child = spawn(process.execPath, [MAIN, 'run'], { env: cleanEnv(env) });
+  return startCli(['run'], env);
+}
+
+/** Starts `outbox-dispatcher <args>` as a child process (a long-running command). */
+export function startCli(args: string[], env: Record<string, string>): WorkerProcess {
+  const child = spawn(process.execPath, [MAIN, ...args], { env: cleanEnv(env) });
   const logs: Record<string, unknown>[] = [];
   let raw = '';
   let partial = '';

@@ -1,3 +1,4 @@
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -6,7 +7,7 @@ import type { TestProject } from 'vitest/node';
 import { migrate } from '../../src/db/migrator.ts';
 import { ensureEmbeddedCluster } from '../../src/embedded/cluster.ts';
 import { createLogger } from '../../src/log.ts';
-import { TEST_ROLES } from './roles.ts';
+import { testRolesFor } from './roles.ts';
 import { freePort } from './ports.ts';
 
 declare module 'vitest' {
@@ -51,7 +52,9 @@ async function startPostgres(): Promise<{ adminUrl: string; stop: () => Promise<
 
 export default async function setup(project: TestProject) {
   const { adminUrl, stop } = await startPostgres();
-  const templateDb = `outbox_tpl_${process.pid}_${Date.now().toString(36)}`;
+  const runTag = `${process.pid}_${Date.now().toString(36)}`;
+  const templateDb = `outbox_tpl_${runTag}`;
+  const roles = testRolesFor(runTag, crypto.randomBytes(12).toString('hex'));
   const admin = new pg.Client({ connectionString: adminUrl });
   await admin.connect();
   await admin.query(`CREATE DATABASE ${templateDb}`);
@@ -60,24 +63,18 @@ export default async function setup(project: TestProject) {
   const tpl = new pg.Client({ connectionString: tplUrl.toString() });
   await tpl.connect();
   await migrate(tpl);
-  // Login roles the tests connect as: never superusers.
+  // This run's login roles (cluster-wide, so named per run and dropped below): never superusers.
   for (const [role, group] of [
-    [TEST_ROLES.worker, 'app_background'],
-    [TEST_ROLES.producer, 'app_producer'],
+    [roles.worker, 'app_background'],
+    [roles.producer, 'app_producer'],
   ] as const) {
-    await tpl.query(`DO $$ BEGIN
-        IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '${role}') THEN
-          CREATE ROLE ${role} LOGIN NOSUPERUSER NOBYPASSRLS PASSWORD '${TEST_ROLES.password}';
-        END IF;
-      EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
-      END $$`);
-    await tpl.query(`ALTER ROLE ${role} LOGIN NOSUPERUSER NOBYPASSRLS PASSWORD '${TEST_ROLES.password}'`);
-    await tpl.query(`GRANT ${group} TO ${role}`);
+    await tpl.query(`CREATE ROLE ${role} LOGIN NOSUPERUSER NOBYPASSRLS PASSWORD '${roles.password}' IN ROLE ${group}`);
   }
   await tpl.end();
   project.provide('adminUrl', adminUrl);
   project.provide('templateDb', templateDb);
   project.provide('runId', String(process.pid));
+  project.provide('testRoles', roles);
 
   return async () => {
     await admin.query(`DROP DATABASE IF EXISTS ${templateDb} WITH (FORCE)`).catch(() => undefined);
@@ -88,8 +85,12 @@ export default async function setup(project: TestProject) {
     );
     for (const r of rows) await admin.query(`DROP DATABASE IF EXISTS "${r.datname}" WITH (FORCE)`).catch(() => undefined);
     // Owner roles of test/support/owned-db.ts whose files failed before their own cleanup.
-    const roles = await admin.query<{ rolname: string }>('SELECT rolname FROM pg_roles WHERE rolname LIKE $1', [`t\\_owner\\_${process.pid}\\_%`]);
-    for (const r of roles.rows) await admin.query(`DROP ROLE IF EXISTS "${r.rolname}"`).catch(() => undefined);
+    const owners = await admin.query<{ rolname: string }>('SELECT rolname FROM pg_roles WHERE rolname LIKE $1', [`t\\_owner\\_${process.pid}\\_%`]);
+    for (const r of owners.rows) await admin.query(`DROP ROLE IF EXISTS "${r.rolname}"`).catch(() => undefined);
+    // Every database of the run is gone, so nothing depends on the run's login roles any more.
+    for (const role of [roles.worker, roles.producer]) {
+      await admin.query(`DROP ROLE IF EXISTS ${role}`).catch((err: Error) => console.warn(`could not drop test role ${role}: ${err.message}`));
+    }
     await admin.end();
     await stop();
   };
