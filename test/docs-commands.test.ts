@@ -189,7 +189,8 @@ const SQL: SqlExpectation[] = [
   { doc: 'runbooks/alerts.md', contains: 'FROM pg_stat_activity\nWHERE datname', login: 'owner', check: (rs) => expect(rowsOf(rs)[0]!.rows.length).toBeGreaterThan(0) },
   { doc: 'runbooks/alerts.md', contains: "last_error LIKE 'lease expired%'", login: 'owner', check: (rs) => expect(rowsOf(rs)[0]!.rows.length).toBe(1) },
   { doc: 'runbooks/alerts.md', contains: 'VACUUM (ANALYZE) capacity_outbox_pYYYY_MM', login: 'owner' },
-  { doc: 'runbooks/alerts.md', contains: "locktype = 'advisory'", login: 'owner' },
+  { doc: 'runbooks/alerts.md', contains: 'SELECT holder, acquired_at, expires_at FROM outbox_dispatcher.maintenance_leases', login: 'owner' },
+  { doc: 'runbooks/alerts.md', contains: "DELETE FROM outbox_dispatcher.maintenance_leases WHERE name = 'partition_rotation'", login: 'owner' },
   { doc: 'runbooks/alerts.md', contains: 'FROM capacity_outbox_default GROUP BY 1', login: 'owner', check: (rs) => expect(rowsOf(rs)[0]!.rows.length).toBe(2) },
   { doc: 'runbooks/outbox.md', contains: "WHERE id = '<event id>'", login: 'owner', check: (rs) => expect(rowsOf(rs)[0]!.rows).toHaveLength(1) },
   { doc: 'runbooks/partitions.md', contains: "'analytics_events', 'created_at', 3, 13, 'detach'", login: 'owner', check: (rs) => expect(rs.at(-1)!.rowCount).toBe(1) },
@@ -339,6 +340,10 @@ function fillEnv(c: DocCommand): Record<string, string> {
   for (const [k, v] of Object.entries(c.env)) {
     if (v === 'postgres://owner@db/app') env[k] = owner.url;
     else if (v.startsWith('postgres://outbox_dispatcher:')) env[k] = workerUrl;
+    // README's Supabase walk-through: the owner through the session pooler, the daemon's
+    // login through the transaction pooler (pool) and the session pooler (LISTEN).
+    else if (/^"?postgres:\/\/postgres\.\$REF:/.test(v)) env[k] = owner.url;
+    else if (/^"?postgres:\/\/outbox_dispatcher\.\$REF:/.test(v)) env[k] = workerUrl;
     else if (v === '/etc/outbox/routes.yaml') env[k] = routesFile;
     else throw new Error(`${c.doc}: "${c.text}": no value for ${k}=${v}`);
   }
