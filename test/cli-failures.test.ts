@@ -41,7 +41,8 @@ const label = (c: CommandCase) => c.args.filter((a) => !/^[0-9a-f-]{36}$/.test(a
 
 /** The URL goes where the docs say each login's URL goes. */
 function envFor(c: CommandCase, url: string): Record<string, string> {
-  return { ...(c.login === 'owner' ? { MIGRATION_DATABASE_URL: url } : { DATABASE_URL: url }), LOG_LEVEL: 'warn', ...c.env };
+  // OUTBOX_DB_STARTUP_WAIT_MS=0: `run` reports an unreachable database at once (its wait is tested below).
+  return { ...(c.login === 'owner' ? { MIGRATION_DATABASE_URL: url } : { DATABASE_URL: url }), LOG_LEVEL: 'warn', OUTBOX_DB_STARTUP_WAIT_MS: '0', ...c.env };
 }
 
 function expectOneLine(r: CliResult, what: string): string {
@@ -100,6 +101,19 @@ describe('an unreachable database (closed port): exit 69', () => {
   });
 });
 
+describe('run waits for an unreachable database at start-up (OUTBOX_DB_STARTUP_WAIT_MS)', () => {
+  it('retries with a warning, then exits 69 with one line once the wait is over', async () => {
+    const c = COMMANDS.find((k) => k.args[0] === 'run')!;
+    const started = Date.now();
+    const r = await runCli(c.args, { ...envFor(c, closedPortUrl), OUTBOX_DB_STARTUP_WAIT_MS: '2500' }, 120_000);
+    const line = expectOneLine(r, 'run');
+    expect(r.code, line).toBe(69);
+    expect(line).toMatch(/cannot connect to the database/);
+    expect(r.stdout).toMatch(/database not reachable yet; waiting for it/);
+    expect(Date.now() - started).toBeGreaterThanOrEqual(2000);
+  });
+});
+
 describe('an unmigrated, empty database, each with the login the docs name: says so, exit 79', () => {
   const urlFor = (c: CommandCase) => (c.login === 'owner' ? empty.url : c.login === 'daemon' ? workerUrlOf(empty.url) : producerUrlOf(empty.url));
   it.each(COMMANDS.filter((c) => c.args.join(' ') !== 'migrate').map((c) => [label(c), c] as const))('%s', async (_name, c) => {
@@ -145,7 +159,9 @@ describe('the wrong login (lacking the role the command needs): exit 77, naming 
     const line = expectOneLine(r, label(c));
     expect(r.code, line).toBe(77);
     expect(line).toMatch(wrong.says);
-    if (c.args[0] !== 'run') expect(line).toMatch(/permission denied/);
+    // What was refused: a privilege the server denied, or (daemon commands, checked before any
+    // query since the login model of ADR 0010) the missing membership, with the GRANT to run.
+    if (c.args[0] !== 'run') expect(line).toMatch(/permission denied|is not a member of app_background; run GRANT app_background TO/);
   });
 
   it('enqueue as the daemon names app_producer (the issue\'s example)', async () => {

@@ -3,6 +3,8 @@ import { ConfigError } from '../config/errors.ts';
 import { compileRoutes, DEFAULT_EMBEDDED_ROUTES, loadRoutesFile, type Route } from '../config/routes.ts';
 import { preflight } from '../db/preflight.ts';
 import { Daemon } from '../lifecycle/daemon.ts';
+import { EXIT, StartupError } from '../lifecycle/errors.ts';
+import { reconnectDelayMs, sleep } from '../lifecycle/service.ts';
 import { exitGracefullyOnSignals } from '../lifecycle/signals.ts';
 import { createLogger, redactUrl, type Logger } from '../log.ts';
 import { createSinks } from '../sinks/create-sinks.ts';
@@ -27,7 +29,9 @@ export async function runCommand(env: NodeJS.ProcessEnv = process.env): Promise<
   let daemon: Daemon | undefined;
   try {
     log.info({ database: redactUrl(conn.url), embedded: Boolean(conn.embedded) }, 'starting');
-    const { roleSwitch } = await preflight(conn.url, { allowPrivilegedRole: config.allowPrivilegedRole, log });
+    const { roleSwitch } = await untilReachable(config.db.startupWaitMs, log, () =>
+      preflight(conn.url, { allowPrivilegedRole: config.allowPrivilegedRole, log }),
+    );
     // OUTBOX_LISTEN_URL belongs to DATABASE_URL's database; the embedded default needs none.
     const listenUrl = conn.embedded ? undefined : config.listenUrl;
     if (listenUrl) log.info({ listen: redactUrl(listenUrl) }, 'LISTEN uses OUTBOX_LISTEN_URL');
@@ -49,4 +53,25 @@ export async function runCommand(env: NodeJS.ProcessEnv = process.env): Promise<
     await d.stop();
     await conn.release();
   }, log);
+}
+
+/**
+ * Retries `work` while the database is unreachable (down, restarting, refusing connections),
+ * for up to `waitMs`: a replica started during a failover or a PostgreSQL restart waits for it
+ * instead of exiting and relying on its supervisor. Other failures (login, privileges, schema)
+ * are not transient and surface at once.
+ */
+async function untilReachable<T>(waitMs: number, log: Logger, work: () => Promise<T>): Promise<T> {
+  const deadline = Date.now() + waitMs;
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await work();
+    } catch (err) {
+      const unreachable = err instanceof StartupError && err.exitCode === EXIT.DATABASE_UNAVAILABLE;
+      const delay = reconnectDelayMs(attempt, 250, 5000);
+      if (!unreachable || Date.now() + delay > deadline) throw err;
+      log.warn({ attempt, retryInMs: Math.round(delay), error: err.message }, 'database not reachable yet; waiting for it (OUTBOX_DB_STARTUP_WAIT_MS)');
+      await sleep(delay);
+    }
+  }
 }

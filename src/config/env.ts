@@ -36,6 +36,7 @@ export const envSchema = z.object({
   OUTBOX_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS: intVar(60_000, 1000, 3_600_000),
   OUTBOX_DB_CONNECT_TIMEOUT_MS: intVar(10_000, 100, 600_000),
   OUTBOX_DB_KEEPALIVE_MS: intVar(10_000, 1000, 3_600_000),
+  OUTBOX_DB_STARTUP_WAIT_MS: intVar(60_000, 0, 3_600_000),
   OUTBOX_MAX_PAYLOAD_BYTES: intVar(1_048_576, 1, 104_857_600),
   OUTBOX_WORKER_ID: stringVar(),
   OUTBOX_BACKLOG_SAMPLE_MS: intVar(15_000, 0, 3_600_000),
@@ -100,7 +101,14 @@ export interface EnvConfig {
   circuit: CircuitSettings;
   poolSize: number;
   /** Database timeouts of the daemon's pool (ADR 0009). */
-  db: { statementTimeoutMs: number; idleInTransactionTimeoutMs: number; connectTimeoutMs: number; keepAliveInitialDelayMs: number };
+  db: {
+    statementTimeoutMs: number;
+    idleInTransactionTimeoutMs: number;
+    connectTimeoutMs: number;
+    keepAliveInitialDelayMs: number;
+    /** How long `run` keeps retrying an unreachable database at start-up before exit 69. */
+    startupWaitMs: number;
+  };
   /** 0 disables sampling. */
   backlog: { sampleMs: number; countCap: number };
   allowPrivilegedRole: boolean;
@@ -161,6 +169,7 @@ export function loadEnvConfig(env: NodeJS.ProcessEnv = process.env): EnvConfig {
       statementTimeoutMs: e.OUTBOX_DB_STATEMENT_TIMEOUT_MS,
       idleInTransactionTimeoutMs: e.OUTBOX_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS,
       connectTimeoutMs: e.OUTBOX_DB_CONNECT_TIMEOUT_MS,
+      startupWaitMs: e.OUTBOX_DB_STARTUP_WAIT_MS,
       keepAliveInitialDelayMs: e.OUTBOX_DB_KEEPALIVE_MS,
     },
     backlog: { sampleMs: e.OUTBOX_BACKLOG_SAMPLE_MS, countCap: e.OUTBOX_BACKLOG_COUNT_CAP },

@@ -186,7 +186,15 @@ describe('fault injection', () => {
     for (;;) {
       const r = await check.query(`SELECT count(*)::int AS n FROM capacity_outbox WHERE status IN ('pending', 'processing')`);
       if (r.rows[0].n === 0) break;
-      if (Date.now() - recoveryStart > 90_000) throw new Error(`${r.rows[0].n} events still not done after 90 s`);
+      if (Date.now() - recoveryStart > 90_000) {
+        // Say where they are stuck: which state, whose lease, which error, how many attempts.
+        const where = await check.query(
+          `SELECT status, locked_by, left(coalesce(last_error, ''), 120) AS error, count(*)::int AS n,
+                  max(attempts) AS max_attempts, min(next_attempt_at - now()) AS next_due_in
+           FROM capacity_outbox WHERE status IN ('pending', 'processing') GROUP BY 1, 2, 3 ORDER BY n DESC LIMIT 8`,
+        );
+        throw new Error(`${r.rows[0].n} events still not done after 90 s: ${JSON.stringify(where.rows)}`);
+      }
       await new Promise((res) => setTimeout(res, 250));
     }
     const recoverySeconds = (Date.now() - recoveryStart) / 1000;
