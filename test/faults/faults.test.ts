@@ -85,6 +85,9 @@ describe('fault injection', () => {
           OUTBOX_RESCUE_INTERVAL_MS: '500',
           OUTBOX_BACKOFF_BASE_MS: '100',
           OUTBOX_BACKOFF_MAX_MS: '1000',
+          // Time compressed like the backoff: a sink failing ~58% of calls at random can trip
+          // the breaker during the restart; a 30 s open interval would dominate recovery here.
+          OUTBOX_CIRCUIT_OPEN_MS: '2000',
           OUTBOX_MAX_ATTEMPTS: '1000',
           OUTBOX_POLL_INTERVAL_MS: '200',
           OUTBOX_BATCH_SIZE: '20',
