@@ -30,7 +30,7 @@ describe('environment', () => {
     expect(c.dispatch.retryHorizonMs).toBe(86_400_000);
     expect(c.circuit).toEqual({ failureThreshold: 5, failureRatio: 0.9, windowMs: 10_000, openMs: 30_000, halfOpenProbes: 1 });
     expect(c.logLevel).toBe('info');
-    expect(c.db).toEqual({ statementTimeoutMs: 15_000, idleInTransactionTimeoutMs: 60_000, connectTimeoutMs: 10_000, keepAliveInitialDelayMs: 10_000 });
+    expect(c.db).toEqual({ statementTimeoutMs: 15_000, idleInTransactionTimeoutMs: 60_000, connectTimeoutMs: 10_000, keepAliveInitialDelayMs: 10_000, startupWaitMs: 60_000 });
   });
 
   it.each([
@@ -196,7 +196,8 @@ describe('the daemon at start-up', () => {
   });
 
   it('exits 69 when the database is unreachable, without leaking the password', async () => {
-    const r = await runCli(['run'], { DATABASE_URL: 'postgres://u:hunter2-secret@127.0.0.1:1/x', OUTBOX_ROUTES: '{"routes":[{"match":"*","sink":{"type":"log"}}]}' });
+    // A short start-up wait: its retry warnings must not leak the password either.
+    const r = await runCli(['run'], { DATABASE_URL: 'postgres://u:hunter2-secret@127.0.0.1:1/x', OUTBOX_DB_STARTUP_WAIT_MS: '1500', OUTBOX_ROUTES: '{"routes":[{"match":"*","sink":{"type":"log"}}]}' });
     expect(r.code).toBe(69);
     expect(r.stderr).toContain('cannot connect to the database');
     expect(r.stdout + r.stderr).not.toContain('hunter2-secret');
