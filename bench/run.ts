@@ -7,7 +7,7 @@
 //   BENCH_CLAIM_SIZES    table sizes for claim latency (default 100000,1000000,10000000)
 //   BENCH_BACKLOG        backlog for the memory run (default 1000000)
 //   BENCH_QUICK=1        a small smoke run (10k events, 100k rows, 100k backlog)
-//   BENCH_SECTIONS       comma list of sections to run (claim,drain,producer,memory,latency; default all)
+//   BENCH_SECTIONS       comma list of sections to run (claim,drain,ordering,producer,memory,latency; default all)
 //   BENCH_DRAINS         regular expression selecting drain runs by label (default all)
 //
 // The dispatcher runs with its defaults everywhere (issue 9: the defaults are what people run);
@@ -25,6 +25,7 @@ import { claimLatency, type ClaimLatencyResult } from './sections/claim-latency.
 import { bareLoop, bareTwoStatementLoop, dispatcherDrain, graphileDrain, pgBossDrain, type DrainResult } from './sections/drain.ts';
 import { steadyLatency, type LatencyResult } from './sections/latency.ts';
 import { memoryUnderBacklog } from './sections/memory.ts';
+import { orderingDrain, type OrderingDrainResult } from './sections/ordering.ts';
 import { producerThroughput } from './sections/producer.ts';
 
 const quick = process.env.BENCH_QUICK === '1';
@@ -35,7 +36,7 @@ const BACKLOG = Number(process.env.BENCH_BACKLOG ?? (quick ? 100_000 : 1_000_000
 const TUNING: Record<string, string> = {};
 /** Which drain runs to do (a regular expression over their labels; default all). */
 const DRAINS = new RegExp(process.env.BENCH_DRAINS ?? '.');
-const SECTIONS = new Set((process.env.BENCH_SECTIONS ?? 'claim,drain,producer,memory,latency').split(','));
+const SECTIONS = new Set((process.env.BENCH_SECTIONS ?? 'claim,drain,ordering,producer,memory,latency').split(','));
 
 const log = (s: string) => process.stderr.write(`${s}\n`);
 
@@ -85,6 +86,17 @@ async function main() {
       await step('pg-boss', () => pgBossDrain(url, EVENTS));
     }
 
+    // Per-key ordering (ADR 0011): keyed over 10,000 keys vs unkeyed, same events, same run.
+    let ordering: OrderingDrainResult | undefined;
+    if (SECTIONS.has('ordering')) {
+      log('ordering: keyed (10,000 keys) vs unkeyed drain, 1 worker, noop');
+      try {
+        ordering = await orderingDrain(url, EVENTS, 10_000, TUNING);
+      } catch (err) {
+        log(`  failed: ${(err as Error).message}`);
+      }
+    }
+
     const producers = [];
     if (SECTIONS.has('producer')) {
       log('producer throughput');
@@ -122,6 +134,7 @@ async function main() {
       claimP99At10M: { ...claimsOk(10_000_000), target: '< 5 ms in all three statistics states, no Sort/Bitmap' },
       workerRssUnderBacklog: { valueMb: memory?.maxRssMb, target: '< 150 MB', met: memory !== undefined && memory.maxRssMb < 150 },
       latencyP99At200PerSec: { valueMs: latency?.p99Ms, target: '< 20 ms', met: latency !== undefined && latency.p99Ms < 20 },
+      keyedDrainVsUnkeyed: { value: ordering?.ratio, target: '>= 0.60 (10,000 keys)', met: (ordering?.ratio ?? 0) >= 0.6 },
     };
 
     const lines: string[] = ['', `outbox-dispatcher benchmark (${new Date().toISOString()}, ${Math.round((Date.now() - started) / 1000)} s)`, ''];
@@ -133,6 +146,9 @@ async function main() {
     for (const d of drains) {
       lines.push(`| ${d.name} | ${d.eventsPerSec.toLocaleString()} | ${ratio(d.eventsPerSec)} | ${d.nodeCpuPerEventUs ?? ''} | ${d.postgresCpuPerEventUs ?? ''} | ${d.walBytesPerEvent ?? ''} | ${d.commitsPerEvent ?? ''} | ${d.maxRssMb ?? ''} |`);
     }
+    if (ordering) {
+      lines.push('', `Per-key ordering, ${ordering.events.toLocaleString()} no-op events, 1 worker: unkeyed ${ordering.unkeyedEventsPerSec.toLocaleString()}/s, keyed over ${ordering.keys.toLocaleString()} keys ${ordering.keyedEventsPerSec.toLocaleString()}/s (ratio ${ordering.ratio})`);
+    }
     lines.push('', 'Producer inserts (producer contract, app_producer, tenant context):', '| run | events/s | duplicates dropped |', '|---|---|---|');
     for (const p of producers) lines.push(`| ${p.name} | ${p.eventsPerSec.toLocaleString()} | ${p.duplicatesDropped} |`);
     if (memory) lines.push('', `Memory: idle RSS ${memory.idleRssMb} MB; while a ${BACKLOG.toLocaleString()} backlog drains (${memory.eventsPerSec.toLocaleString()}/s): max ${memory.maxRssMb} MB, by decile ${memory.rssByDecileMb.join(' ')} MB`);
@@ -141,7 +157,7 @@ async function main() {
     for (const [k, v] of Object.entries(targets)) lines.push(`- ${k}: ${JSON.stringify(v)}`);
     process.stdout.write(`${lines.join('\n')}\n`);
 
-    const result = { machine, settings: { events: EVENTS, claimSizes: SIZES, backlog: BACKLOG, tuning: TUNING }, claims, drains, producers, memory, latency, targets };
+    const result = { machine, settings: { events: EVENTS, claimSizes: SIZES, backlog: BACKLOG, tuning: TUNING }, claims, drains, ordering, producers, memory, latency, targets };
     const dir = fileURLToPath(new URL('results/', import.meta.url));
     fs.mkdirSync(dir, { recursive: true });
     fs.writeFileSync(path.join(dir, 'latest.json'), `${JSON.stringify(result, null, 2)}\n`);

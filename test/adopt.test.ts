@@ -101,13 +101,14 @@ describe('partitions adopt', () => {
     const { rows: trig } = await admin.query(`SELECT tgname FROM pg_trigger WHERE tgrelid = 'public.capacity_outbox'::regclass AND NOT tgisinternal ORDER BY 1`);
     expect(trig.map((t) => t.tgname)).toEqual([
       'capacity_outbox_dedupe_delete', 'capacity_outbox_dedupe_insert', 'capacity_outbox_dedupe_reactivate', 'capacity_outbox_dedupe_release', 'capacity_outbox_notify_insert',
+      'capacity_outbox_ordering_insert', 'capacity_outbox_ordering_reactivate', 'capacity_outbox_ordering_settle',
     ]);
     const { rows: sec } = await admin.query(`SELECT relrowsecurity, relforcerowsecurity FROM pg_class WHERE oid = 'public.capacity_outbox'::regclass`);
     expect(sec[0]).toEqual({ relrowsecurity: true, relforcerowsecurity: true });
     expect(await produce(asRole(target.url, 'producer'), tenant, [{ type: 'x', dedupeKey: 'k' }, { type: 'x', dedupeKey: 'k' }])).toHaveLength(1);
     expect((await claimBatch(worker, { workerId: 'w2', limit: 10, leaseMs: 1000, maxPayloadBytes: 1_048_576 })).length).toBeGreaterThan(0);
     const { rows: idx } = await admin.query(`SELECT indexrelid::regclass::text AS name FROM pg_index WHERE indrelid = 'public.capacity_outbox'::regclass ORDER BY 1`);
-    expect(idx.map((r) => r.name)).toEqual(['capacity_outbox_dispatch_idx', 'capacity_outbox_pkey']);
+    expect(idx.map((r) => r.name)).toEqual(['capacity_outbox_dispatch_idx', 'capacity_outbox_ordering_idx', 'capacity_outbox_pkey']);
     // Rotation now manages it.
     const report = await new PartitionRotator(worker, log).runOnce();
     expect(report.tables[0]!.errors).toEqual([]);
@@ -194,10 +195,11 @@ describe('partitions adopt is resumable (repro 08), as a non-superuser owner wit
     const trig = await db.query(`SELECT tgname FROM pg_trigger WHERE tgrelid = 'public.capacity_outbox'::regclass AND NOT tgisinternal ORDER BY 1`);
     expect(trig.rows.map((t) => t.tgname)).toEqual([
       'capacity_outbox_dedupe_delete', 'capacity_outbox_dedupe_insert', 'capacity_outbox_dedupe_reactivate', 'capacity_outbox_dedupe_release', 'capacity_outbox_notify_insert',
+      'capacity_outbox_ordering_insert', 'capacity_outbox_ordering_reactivate', 'capacity_outbox_ordering_settle',
     ]);
     expect((await db.query(`SELECT count(*)::int AS n FROM pg_proc WHERE proname LIKE 'adopt_sync_%'`)).rows[0].n).toBe(0);
     const idx = await db.query(`SELECT indexrelid::regclass::text AS name FROM pg_index WHERE indrelid = 'public.capacity_outbox'::regclass ORDER BY 1`);
-    expect(idx.rows.map((r) => r.name)).toEqual(['capacity_outbox_dispatch_idx', 'capacity_outbox_pkey']);
+    expect(idx.rows.map((r) => r.name)).toEqual(['capacity_outbox_dispatch_idx', 'capacity_outbox_ordering_idx', 'capacity_outbox_pkey']);
   }
 
   for (const failAt of ['inspect', 'twin', 'backfill'] as const) {

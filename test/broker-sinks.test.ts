@@ -34,6 +34,8 @@ const event = (over: Partial<OutboxEvent> = {}): OutboxEvent => ({
   dedupeKey: null,
   idempotencyKey: null,
   headers: {},
+  orderingKey: null,
+  sequence: null,
   ...over,
 });
 const natsConfig = (subject: string, servers = NATS) => parseRoutes({ routes: [{ match: '*', sink: { type: 'nats', servers, subject, timeoutMs: 2000 } }] }).routes[0]!.sink as never;

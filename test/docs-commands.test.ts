@@ -298,6 +298,11 @@ const LONG_RUNNING: Record<string, { ready: string; signal: NodeJS.Signals }> = 
 
 /** Documented outcomes other than exit 0. */
 const OUTCOME: Record<string, { code: number; stdoutOrStderr: RegExp; why: string }> = {
+  'events skip --id <uuid>': {
+    code: 1,
+    stdoutOrStderr: /does not block an ordering key/,
+    why: 'the fixture has no blocked ordering key; skipping a blocked head is ordering.test.ts',
+  },
   'partitions adopt --table capacity_outbox --batch-size 5000': {
     code: 1,
     stdoutOrStderr: /already partitioned; nothing to adopt/,

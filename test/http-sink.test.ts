@@ -17,6 +17,8 @@ const event: OutboxEvent = {
   dedupeKey: 'b-42',
   idempotencyKey: null,
   headers: {},
+  orderingKey: null,
+  sequence: null,
 };
 
 const ctx = (signal = new AbortController().signal): SinkContext => ({ signal, withTenant: () => Promise.reject(new Error('unused')) });

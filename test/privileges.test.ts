@@ -6,6 +6,7 @@ import { createTestDatabase, type TestDatabase } from './support/db.ts';
 
 const DOCUMENTED = {
   tables: [
+    'outbox_dispatcher.capacity_outbox_ordering_blocked: SELECT', // `events blocked` and the blocked-keys gauge (ADR 0011)
     'outbox_dispatcher.managed_partitions: SELECT',
     'outbox_dispatcher.schema_migrations: SELECT',
     'public.capacity_outbox: SELECT',
@@ -14,6 +15,9 @@ const DOCUMENTED = {
   columns: ['attempts', 'dispatched_at', 'last_error', 'locked_by', 'locked_until', 'next_attempt_at', 'status'].map((c) => `public.capacity_outbox.${c}: UPDATE`),
   functions: [
     'outbox_dispatcher.capacity_outbox_notify',
+    'outbox_dispatcher.capacity_outbox_ordering_place', // ordering key lock + sequence; only from the insert trigger, own tenant only (ADR 0011)
+    'outbox_dispatcher.capacity_outbox_ordering_settle_pending', // the ordering settler (ADR 0011)
+    'outbox_dispatcher.capacity_outbox_ordering_skip', // route onDeadHead = skip and `events skip` (ADR 0011)
     'outbox_dispatcher.capacity_outbox_take_key', // dedupe key for retries/replays; only from a trigger, own tenant only (ADR 0001 revision)
     'outbox_dispatcher.claim_batch', // SECURITY INVOKER: RLS and column grants still apply (ADR 0006)
     'outbox_dispatcher.maintenance_lease_release', // the rotation lease (migration 0011, ADR 0010)

@@ -106,12 +106,12 @@ describe('schema', () => {
       `SELECT column_name, is_nullable, column_default FROM information_schema.columns
        WHERE table_schema = 'public' AND table_name = 'capacity_outbox'`,
     );
-    const contract = ['restaurant_id', 'event_type', 'payload', 'dedupe_key', 'idempotency_key', 'headers'];
+    const contract = ['restaurant_id', 'event_type', 'payload', 'dedupe_key', 'idempotency_key', 'headers', 'ordering_key'];
     for (const col of rows.filter((r) => !contract.includes(r.column_name))) {
       expect(col.is_nullable === 'YES' || col.column_default !== null, `${col.column_name} needs a default`).toBe(true);
     }
     expect(rows.map((r) => r.column_name).sort()).toEqual(
-      ['attempts', 'created_at', 'dedupe_key', 'dispatched_at', 'event_type', 'headers', 'id', 'idempotency_key', 'last_error', 'locked_by', 'locked_until', 'next_attempt_at', 'payload', 'restaurant_id', 'status'].sort(),
+      ['attempts', 'created_at', 'dedupe_key', 'dispatched_at', 'event_type', 'headers', 'id', 'idempotency_key', 'last_error', 'locked_by', 'locked_until', 'next_attempt_at', 'ordering_key', 'ordering_seq', 'payload', 'restaurant_id', 'status'].sort(),
     );
   });
 });

@@ -111,6 +111,9 @@ export function alertRules(opts: RuleOptions = {}): AlertRule[] {
     rule('OutboxRetirementBlocked', 'warning', `max by (table) (outbox_partition_retirement_blocked{${sel}}) > 0`, 3600,
       'Retention of {{ $labels.table }} is blocked by undelivered events',
       'Partitions past retention still hold pending, processing or dead events; nothing is dropped until they are delivered or resolved.'),
+    rule('OutboxOrderingKeysBlocked', 'warning', `max(outbox_ordering_blocked_keys{${sel}}) > 0`, 600,
+      'Ordering keys are blocked by dead head events',
+      'A keyed event was dead-lettered under ordering.onDeadHead = block, and the events queued behind it on its key are held until it is replayed or skipped. Other keys are unaffected. List them with `events blocked`.'),
   ];
 }
 

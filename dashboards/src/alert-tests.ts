@@ -54,6 +54,7 @@ export const alertCases: AlertCase[] = [
   { alert: 'OutboxPartitionRotationFailing', series: { [`outbox_partition_rotation_failures_total{${J},${I},${T}}`]: '0x5 1x20' }, quietAt: '4m', firingAt: '7m', labels: { table: 'public.capacity_outbox' } },
   { alert: 'OutboxPartitionRotationStale', series: { [`outbox_partition_rotation_last_success_timestamp_seconds{${J},${I},${T}}`]: '0x420' }, quietAt: '60m', firingAt: '400m', labels: { table: 'public.capacity_outbox' } },
   { alert: 'OutboxDefaultPartitionRows', series: { [`outbox_partition_default_rows{${J},${I},${T}}`]: '0x5 3x60' }, quietAt: '30m', firingAt: '40m', labels: { table: 'public.capacity_outbox' } },
+  { alert: 'OutboxOrderingKeysBlocked', series: { [`outbox_ordering_blocked_keys{${J},${I}}`]: '0x5 2x30' }, quietAt: '10m', firingAt: '20m', labels: {} },
   { alert: 'OutboxRetirementBlocked', series: { [`outbox_partition_retirement_blocked{${J},${I},${T}}`]: '0x5 1x100' }, quietAt: '60m', firingAt: '70m', labels: { table: 'public.capacity_outbox' } },
 ];
 

@@ -12,6 +12,7 @@ export interface EnqueueOptions {
   payload?: string;
   dedupeKey?: string;
   idempotencyKey?: string;
+  orderingKey?: string;
   count?: string;
   json?: boolean;
   databaseUrl?: string;
@@ -36,7 +37,7 @@ export async function enqueueCommand(opts: EnqueueOptions, env: NodeJS.ProcessEn
   const config = loadEnvConfig(env);
   const log = cliLogger(config);
   return withClient(config, log, { as: 'superuser', url: opts.databaseUrl, applicationName: 'outbox-dispatcher-enqueue' }, async (client) => {
-    const result = await enqueue(client, { tenant, type: opts.type, payload, dedupeKey: opts.dedupeKey, idempotencyKey: opts.idempotencyKey, count });
+    const result = await enqueue(client, { tenant, type: opts.type, payload, dedupeKey: opts.dedupeKey, idempotencyKey: opts.idempotencyKey, orderingKey: opts.orderingKey, count });
     if (opts.json) printJson(result);
     else {
       for (const id of result.inserted) process.stdout.write(`enqueued ${id}\n`);
@@ -48,14 +49,14 @@ export async function enqueueCommand(opts: EnqueueOptions, env: NodeJS.ProcessEn
 
 export async function enqueue(
   client: pg.ClientBase,
-  e: { tenant: string; type: string; payload: object; dedupeKey?: string | undefined; idempotencyKey?: string | undefined; count: number },
+  e: { tenant: string; type: string; payload: object; dedupeKey?: string | undefined; idempotencyKey?: string | undefined; orderingKey?: string | undefined; count: number },
 ): Promise<EnqueueResult> {
   return asProducer(client, e.tenant, async () => {
     const inserted = await client.query<{ id: string }>(
-      `INSERT INTO capacity_outbox (restaurant_id, event_type, payload, dedupe_key, idempotency_key)
-       SELECT $1::uuid, $2, $3::jsonb, $4, $5 FROM generate_series(1, $6::int)
+      `INSERT INTO capacity_outbox (restaurant_id, event_type, payload, dedupe_key, idempotency_key, ordering_key)
+       SELECT $1::uuid, $2, $3::jsonb, $4, $5, $7 FROM generate_series(1, $6::int)
        RETURNING id`,
-      [e.tenant, e.type, JSON.stringify(e.payload), e.dedupeKey ?? null, e.idempotencyKey ?? null, e.count],
+      [e.tenant, e.type, JSON.stringify(e.payload), e.dedupeKey ?? null, e.idempotencyKey ?? null, e.count, e.orderingKey ?? null],
     );
     const duplicates: EnqueueResult['duplicates'] = [];
     const dropped = e.count - inserted.rowCount!;

@@ -1,8 +1,9 @@
 import { eventStats, previewReplay, replayDead, type EventFilter } from '../db/queries/operator.ts';
+import { listBlockedKeys, skipDeadHead, type SkipResult } from '../db/queries/ordering.ts';
 import { EXIT } from '../lifecycle/errors.ts';
 import { withDatabase } from './connection.ts';
 import { printJson, table } from './output.ts';
-import { parsePositiveInt, parseTime, parseTypePattern, parseUuid } from './parse.ts';
+import { UsageError, parsePositiveInt, parseTime, parseTypePattern, parseUuid } from './parse.ts';
 
 export interface FilterOptions {
   type?: string[];
@@ -71,4 +72,59 @@ export async function replayCommand(
     }
     return EXIT.OK;
   });
+}
+
+export async function blockedCommand(
+  opts: { tenant?: string; limit?: string; json?: boolean; databaseUrl?: string },
+  env: NodeJS.ProcessEnv = process.env,
+): Promise<number> {
+  const tenant = opts.tenant === undefined ? undefined : parseUuid('--tenant', opts.tenant);
+  const limit = opts.limit === undefined ? 100 : parsePositiveInt('--limit', opts.limit, 10_000);
+  const keys = await withDatabase(opts, env, (db) => listBlockedKeys(db, { tenant, limit }));
+  if (opts.json) {
+    printJson({ blocked: keys });
+    return EXIT.OK;
+  }
+  if (keys.length === 0) {
+    process.stdout.write('no blocked ordering keys\n');
+    return EXIT.OK;
+  }
+  process.stdout.write(
+    `${table(
+      keys.map((k) => ({
+        tenant: k.restaurant_id,
+        key: k.ordering_key,
+        head_event: k.head_event_id,
+        type: k.head_event_type,
+        since: k.blocked_since,
+        waiting: k.waiting,
+        last_error: k.last_error?.replace(/\s+/g, ' ').slice(0, 80),
+      })),
+    )}\n`,
+  );
+  process.stdout.write(
+    `\n${keys.length === limit ? `first ${limit} shown (--limit); ` : ''}unblock with: events replay --id <head_event> (retry it first) or events skip --id <head_event> (leave it dead, deliver the rest)\n`,
+  );
+  return EXIT.OK;
+}
+
+export async function skipCommand(opts: { id?: string[]; json?: boolean; databaseUrl?: string }, env: NodeJS.ProcessEnv = process.env): Promise<number> {
+  const ids = (opts.id ?? []).map((i) => parseUuid('--id', i));
+  if (ids.length === 0) throw new UsageError('events skip needs --id <uuid> (the head event `events blocked` lists)');
+  const results = await withDatabase(opts, env, async (db) => {
+    const out: { id: string; result: SkipResult }[] = [];
+    for (const id of ids) out.push({ id, result: await skipDeadHead(db, id, 'events skip') });
+    return out;
+  });
+  if (opts.json) printJson({ results });
+  else {
+    for (const r of results) {
+      process.stdout.write(
+        r.result === 'skipped'
+          ? `skipped ${r.id}: it stays dead (replayable); its key's next event is due now\n`
+          : `not skipped ${r.id}: it does not block an ordering key (see events blocked)\n`,
+      );
+    }
+  }
+  return results.every((r) => r.result === 'skipped') ? EXIT.OK : EXIT.FAILURE;
 }

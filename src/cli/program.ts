@@ -1,6 +1,6 @@
 import { Command, Option } from 'commander';
 import { enqueueCommand } from './enqueue-command.ts';
-import { replayCommand, statsCommand } from './events-command.ts';
+import { blockedCommand, replayCommand, skipCommand, statsCommand } from './events-command.ts';
 import { incidentCommand, SCENARIOS } from './incident-command.ts';
 import { migrateCommand } from './migrate-command.ts';
 import { partitionsAdoptCommand, partitionsRotateCommand, partitionsStatusCommand } from './partitions-command.ts';
@@ -84,6 +84,7 @@ export function buildProgram(context?: CommandContext): Command {
     .option('--payload <json>', 'JSON object payload', '{}')
     .option('--dedupe-key <key>', 'dedupe key')
     .option('--idempotency-key <key>', 'idempotency key')
+    .option('--ordering-key <key>', 'ordering key: events with the same tenant and key are delivered one at a time, in order')
     .option('--count <n>', 'insert this many copies in one transaction', '1')
     .option('--json', 'machine-readable output')
     .addOption(databaseUrlOption())
@@ -104,6 +105,25 @@ export function buildProgram(context?: CommandContext): Command {
     .option('--dry-run', 'print what would be replayed; change nothing')
     .action(async (opts) => {
       process.exitCode = await replayCommand(opts);
+    }), 'daemon');
+  login(events
+    .command('blocked')
+    .description('ordering keys held up by a dead head event: tenant, key, head event, since, last error')
+    .option('--tenant <uuid>', 'only this restaurant')
+    .option('--limit <n>', 'show at most this many (oldest first)', '100')
+    .option('--json', 'machine-readable output')
+    .addOption(databaseUrlOption())
+    .action(async (opts) => {
+      process.exitCode = await blockedCommand(opts);
+    }), 'daemon');
+  login(events
+    .command('skip')
+    .description("set a blocked key's dead head aside (it stays dead and replayable) so the key's next events are delivered")
+    .option('--id <uuid>', 'the head event (repeatable)', collect)
+    .option('--json', 'machine-readable output')
+    .addOption(databaseUrlOption())
+    .action(async (opts) => {
+      process.exitCode = await skipCommand(opts);
     }), 'daemon');
 
   const partitions = program.command('partitions').description('monthly partitions of capacity_outbox and other registered tables');

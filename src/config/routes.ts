@@ -85,6 +85,14 @@ const rabbitMqSinkSchema = z
   })
   .strict();
 
+/**
+ * Per-key ordering (docs/adr/0011-per-key-ordering.md). onDeadHead: what a dead-lettered
+ * keyed event does to the events queued behind it: `block` (default; they wait until it is
+ * replayed or skipped) or `skip` (it stays dead and the key moves on).
+ */
+const orderingSchema = z.object({ onDeadHead: z.enum(['block', 'skip']).default('block') }).strict();
+export type OnDeadHead = z.output<typeof orderingSchema>['onDeadHead'];
+
 export const sinkConfigSchema = z.discriminatedUnion('type', [httpSinkSchema, logSinkSchema, noopSinkSchema, natsSinkSchema, rabbitMqSinkSchema]);
 
 export const routesFileSchema = z
@@ -95,6 +103,7 @@ export const routesFileSchema = z
           .object({
             match: z.string().regex(MATCH_PATTERN, 'must be an event type pattern: letters, digits, . _ : - and * only'),
             sink: sinkConfigSchema,
+            ordering: orderingSchema.default({ onDeadHead: 'block' }),
           })
           .strict(),
       )
@@ -116,10 +125,12 @@ export interface Route {
   /** Unique per routes file; metrics label. */
   sinkName: string;
   sink: SinkConfig;
+  /** What a dead keyed event of this route does to its key. */
+  onDeadHead: OnDeadHead;
 }
 
 /** The embedded demo's routing: everything to the log sink. */
-export const DEFAULT_EMBEDDED_ROUTES: RoutesFile = { routes: [{ match: '*', sink: { type: 'log', level: 'info' } }] };
+export const DEFAULT_EMBEDDED_ROUTES: RoutesFile = { routes: [{ match: '*', sink: { type: 'log', level: 'info' }, ordering: { onDeadHead: 'block' } }] };
 
 /** `*` matches any run of characters (dots included); everything else is literal. */
 export function compilePattern(pattern: string): RegExp {
@@ -180,7 +191,7 @@ export function compileRoutes(file: RoutesFile, leaseMs: number): Route[] {
           'a call plus the safety margin (min(1000 ms, lease/10)) at each end must fit in the lease; raise OUTBOX_LEASE_MS or lower timeoutMs',
       );
     }
-    return { match: route.match, regex: compilePattern(route.match), sinkName: name, sink: route.sink };
+    return { match: route.match, regex: compilePattern(route.match), sinkName: name, sink: route.sink, onDeadHead: route.ordering.onDeadHead };
   });
 }
 

@@ -24,6 +24,29 @@ export interface CapacityOutboxTable {
   last_error: string | null;
   created_at: ColumnType<Date, Date | string | undefined, never>;
   dispatched_at: Timestamp | null;
+  /** Producer contract (migration 0010): events of one (restaurant_id, ordering_key) go out one at a time, in order. */
+  ordering_key: string | null;
+  /** Assigned by the insert trigger after the key's lock: per key, commit order. */
+  ordering_seq: ColumnType<string | null, never, never>;
+}
+
+export interface OrderingKeysTable {
+  restaurant_id: string;
+  ordering_key: string;
+}
+
+export interface OrderingBlockedTable {
+  restaurant_id: string;
+  ordering_key: string;
+  event_id: string;
+  event_created_at: Date;
+  blocked_since: Date;
+}
+
+export interface OrderingUnsettledTable {
+  restaurant_id: string;
+  ordering_key: string;
+  since: Date;
 }
 
 export interface ActiveKeysTable {
@@ -57,6 +80,9 @@ export interface ManagedPartitionsTable {
 export interface Database {
   capacity_outbox: CapacityOutboxTable;
   'outbox_dispatcher.capacity_outbox_active_keys': ActiveKeysTable;
+  'outbox_dispatcher.capacity_outbox_ordering_keys': OrderingKeysTable;
+  'outbox_dispatcher.capacity_outbox_ordering_blocked': OrderingBlockedTable;
+  'outbox_dispatcher.capacity_outbox_ordering_unsettled': OrderingUnsettledTable;
   'outbox_dispatcher.schema_migrations': SchemaMigrationsTable;
   'outbox_dispatcher.managed_partitions': ManagedPartitionsTable;
 }

@@ -160,8 +160,15 @@ export class Dispatcher implements Service {
   async #handle(row: ClaimedRow, leaseDeadline: number): Promise<void> {
     const { settings, metrics, routes, sinks } = this.#d;
     const attempt = row.attempts;
+    const route = findRoute(routes, row.event_type);
     const finish = (outcome: Outcome, sink?: string) => {
-      this.#d.completer.add({ id: row.id, createdAtKey: row.created_at_key, attempt, outcome });
+      this.#d.completer.add({
+        id: row.id,
+        createdAtKey: row.created_at_key,
+        attempt,
+        outcome,
+        skipKeyIfDead: row.ordering_key !== null && route?.onDeadHead === 'skip',
+      });
       this.#record(row, outcome, sink);
     };
 
@@ -172,7 +179,6 @@ export class Dispatcher implements Service {
 
     const checked = checkEvent(row, settings.maxPayloadBytes);
     if (!checked.ok) return finish({ kind: 'dead', error: checked.reason, reason: 'malformed' });
-    const route = findRoute(routes, row.event_type);
     if (!route) return finish({ kind: 'dead', error: `unrouted: no route in OUTBOX_ROUTES matches event type ${row.event_type}`, reason: 'unrouted' });
     const sink = sinks.get(route.sinkName)!;
 

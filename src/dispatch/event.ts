@@ -19,6 +19,10 @@ export interface OutboxEvent {
    * tracestate when valid, everything else as x-outbox-header-<name> (src/dispatch/headers.ts).
    */
   headers: Readonly<Record<string, string>>;
+  /** Present for keyed events: same tenant and key are delivered one at a time, in order. */
+  orderingKey: string | null;
+  /** Per key, strictly increasing in commit order (decimal string: a bigint). */
+  sequence: string | null;
 }
 
 export type EventCheck = { ok: true; event: OutboxEvent } | { ok: false; reason: string };
@@ -57,6 +61,8 @@ export function checkEvent(row: ClaimedRow, maxPayloadBytes: number): EventCheck
       dedupeKey: row.dedupe_key,
       idempotencyKey: row.idempotency_key,
       headers: forwardedHeaders(headers.headers),
+      orderingKey: row.ordering_key,
+      sequence: row.ordering_seq,
     },
   };
 }

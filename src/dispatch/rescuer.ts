@@ -11,6 +11,8 @@ export interface RescuerOptions {
   /** ADR 0007: with maxAttempts, when an expired last attempt dead-letters the event. */
   retryHorizonMs: number;
   batchSize?: number;
+  /** True when a dead keyed event of this type should let its key move on (route ordering.onDeadHead = skip). */
+  skipKeyOnDead?: (eventType: string) => boolean;
   /** Called after events went back to pending, so the claim loop looks at once. */
   onRequeued?: () => void;
 }
@@ -45,7 +47,12 @@ export class LeaseRescuer implements Service {
     const total: RescueResult = { requeued: 0, deadLettered: 0 };
     const limit = this.#opts.batchSize ?? 1000;
     for (;;) {
-      const r = await rescueExpiredLeases(this.#db, { limit, maxAttempts: this.#opts.maxAttempts, retryHorizonMs: this.#opts.retryHorizonMs });
+      const r = await rescueExpiredLeases(this.#db, {
+        limit,
+        maxAttempts: this.#opts.maxAttempts,
+        retryHorizonMs: this.#opts.retryHorizonMs,
+        skipKeyOnDead: this.#opts.skipKeyOnDead,
+      });
       total.requeued += r.requeued;
       total.deadLettered += r.deadLettered;
       if (r.requeued + r.deadLettered < limit) break;

@@ -1,7 +1,7 @@
 import { sql, type Kysely } from 'kysely';
 import type pg from 'pg';
 import type { CircuitSettings, EnvConfig } from '../config/env.ts';
-import type { Route } from '../config/routes.ts';
+import { findRoute, type Route } from '../config/routes.ts';
 import { poolRole } from '../db/login-role.ts';
 import { clientQueryTimeoutMs, createKysely, createPool } from '../db/pool.ts';
 import { notify } from '../db/queries/notify.ts';
@@ -9,6 +9,7 @@ import type { Database } from '../db/schema.ts';
 import { Completer } from '../dispatch/completer.ts';
 import { Dispatcher } from '../dispatch/dispatcher.ts';
 import { CIRCUIT_STATE_VALUE, SinkCircuits } from '../dispatch/circuit-breaker.ts';
+import { OrderingSettler } from '../dispatch/ordering-settler.ts';
 import { LeaseRescuer } from '../dispatch/rescuer.ts';
 import { NotifyListener } from '../listener/notify-listener.ts';
 import type { Logger } from '../log.ts';
@@ -55,6 +56,7 @@ export class Daemon {
   readonly completer: Completer;
   readonly dispatcher: Dispatcher;
   readonly rescuer: LeaseRescuer;
+  readonly orderingSettler: OrderingSettler;
   readonly listener: NotifyListener;
   readonly server: OpsServer;
   /** Undefined when PARTITION_ROTATION=false. */
@@ -120,8 +122,10 @@ export class Daemon {
       intervalMs: d.rescueIntervalMs,
       maxAttempts: d.maxAttempts,
       retryHorizonMs: d.retryHorizonMs,
+      skipKeyOnDead: (eventType) => findRoute(opts.routes, eventType)?.onDeadHead === 'skip',
       onRequeued: () => this.dispatcher.poke(),
     });
+    this.orderingSettler = new OrderingSettler(this.db, log, { intervalMs: 250, onSettled: () => this.dispatcher.poke() });
     this.listener = new NotifyListener(
       {
         connectionString: opts.listenConnectionString ?? opts.connectionString,
@@ -150,6 +154,7 @@ export class Daemon {
     await this.completer.start();
     await this.dispatcher.start();
     await this.rescuer.start();
+    await this.orderingSettler.start();
     await this.listener.start();
     await this.partitions?.start();
     await this.backlog?.start();
@@ -196,6 +201,7 @@ export class Daemon {
     await Promise.all([
       this.#bounded('listener', this.listener.stop()),
       this.rescuer.stop(),
+      this.orderingSettler.stop(),
       this.partitions?.stop(),
       this.backlog?.stop(),
     ]);

@@ -1,5 +1,6 @@
 import type { Kysely } from 'kysely';
 import { sampleBacklog } from '../db/queries/backlog.ts';
+import { sampleBlockedKeys } from '../db/queries/ordering.ts';
 import type { Database } from '../db/schema.ts';
 import { runPeriodically, type Service } from '../lifecycle/service.ts';
 import type { Logger } from '../log.ts';
@@ -32,6 +33,9 @@ export class BacklogSampler implements Service {
     const s = await sampleBacklog(this.#db, this.#cap);
     for (const [status, n] of Object.entries(s.counts)) this.#metrics.backlog.set({ status }, n);
     this.#metrics.oldestDueAge.set(s.oldestDueAgeSeconds);
+    const blocked = await sampleBlockedKeys(this.#db, this.#cap);
+    this.#metrics.orderingBlockedKeys.set(blocked.count);
+    this.#metrics.orderingOldestBlocked.set(blocked.oldestSeconds);
   }
 
   #run(): Promise<void> {

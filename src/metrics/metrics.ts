@@ -30,6 +30,8 @@ export class DispatcherMetrics {
   readonly listenerPollingOnly: Gauge;
   readonly backlog: Gauge<'status'>;
   readonly oldestDueAge: Gauge;
+  readonly orderingBlockedKeys: Gauge;
+  readonly orderingOldestBlocked: Gauge;
   readonly backlogSampleErrors: Counter;
   readonly deliveryLag: Histogram;
   readonly attempts: Histogram<'outcome'>;
@@ -152,6 +154,16 @@ export class DispatcherMetrics {
     this.oldestDueAge = new Gauge({
       name: 'outbox_oldest_due_event_age_seconds',
       help: 'How long the oldest due pending event has waited past its next_attempt_at (dispatch lag); 0 when none is due.',
+      registers: r,
+    });
+    this.orderingBlockedKeys = new Gauge({
+      name: 'outbox_ordering_blocked_keys',
+      help: 'Ordering keys held up by a dead head event (route ordering.onDeadHead = block), counted up to OUTBOX_BACKLOG_COUNT_CAP; see `events blocked`.',
+      registers: r,
+    });
+    this.orderingOldestBlocked = new Gauge({
+      name: 'outbox_ordering_oldest_blocked_seconds',
+      help: 'How long the longest-blocked ordering key has been blocked; 0 when none is.',
       registers: r,
     });
     this.backlogSampleErrors = new Counter({

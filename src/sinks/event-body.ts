@@ -8,7 +8,14 @@ export interface EventBody {
   payload: Record<string, unknown>;
   createdAt: string;
   attempt: number;
+  /** Only for keyed events (additive: unkeyed bodies are unchanged). */
+  orderingKey?: string;
+  /** Only for keyed events; per key it never goes backwards (a redelivery repeats it). */
+  sequence?: string;
 }
+
+/** Sink header carrying EventBody.sequence (HTTP; NATS and AMQP use the same name). */
+export const SEQUENCE_HEADER = 'X-Outbox-Sequence';
 
 export function eventBody(event: OutboxEvent): EventBody {
   return {
@@ -18,6 +25,7 @@ export function eventBody(event: OutboxEvent): EventBody {
     payload: event.payload,
     createdAt: event.createdAt.toISOString(),
     attempt: event.attempt,
+    ...(event.orderingKey !== null && event.sequence !== null ? { orderingKey: event.orderingKey, sequence: event.sequence } : {}),
   };
 }
 

@@ -7,7 +7,7 @@ import { DispatchAbortedError, PermanentDispatchError, RetryableDispatchError } 
 import type { Sink, SinkContext } from './types.ts';
 import { VERSION } from '../version.ts';
 
-import { eventBody } from './event-body.ts';
+import { SEQUENCE_HEADER, eventBody } from './event-body.ts';
 
 export const SIGNATURE_HEADER = 'X-Outbox-Signature';
 export const TIMESTAMP_HEADER = 'X-Outbox-Timestamp';
@@ -82,6 +82,7 @@ export class HttpSink implements Sink {
       'x-restaurant-id': event.restaurantId,
       'x-outbox-attempt': String(event.attempt),
     };
+    if (event.sequence !== null) headers[SEQUENCE_HEADER.toLowerCase()] = event.sequence;
     if (this.#secret !== undefined) {
       const timestamp = String(Math.floor(Date.now() / 1000));
       headers[TIMESTAMP_HEADER.toLowerCase()] = timestamp;

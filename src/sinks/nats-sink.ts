@@ -3,7 +3,7 @@ import { connect, headers, type NatsConnection } from '@nats-io/transport-node';
 import type { NatsSinkConfig } from '../config/routes.ts';
 import type { OutboxEvent } from '../dispatch/event.ts';
 import { DispatchAbortedError, RetryableDispatchError } from '../dispatch/errors.ts';
-import { eventBody, renderTemplate } from './event-body.ts';
+import { SEQUENCE_HEADER, eventBody, renderTemplate } from './event-body.ts';
 import type { Sink, SinkContext } from './types.ts';
 
 /**
@@ -52,6 +52,7 @@ export class NatsSink implements Sink {
     h.set('X-Outbox-Event-Type', event.eventType);
     h.set('X-Restaurant-Id', event.restaurantId);
     h.set('X-Outbox-Attempt', String(event.attempt));
+    if (event.sequence !== null) h.set(SEQUENCE_HEADER, event.sequence);
     try {
       const { js } = await this.#connect();
       await js.publish(subject, JSON.stringify(eventBody(event)), { msgID: event.id, timeout: this.timeoutMs, headers: h });

@@ -2,7 +2,7 @@ import amqp from 'amqplib';
 import type { RabbitMqSinkConfig } from '../config/routes.ts';
 import type { OutboxEvent } from '../dispatch/event.ts';
 import { DispatchAbortedError, RetryableDispatchError } from '../dispatch/errors.ts';
-import { eventBody, renderTemplate } from './event-body.ts';
+import { SEQUENCE_HEADER, eventBody, renderTemplate } from './event-body.ts';
 import type { Sink, SinkContext } from './types.ts';
 
 interface OpenChannel {
@@ -111,7 +111,13 @@ export class RabbitMqSink implements Sink {
               messageId: event.id,
               contentType: 'application/json',
               timestamp: Math.floor(event.createdAt.getTime() / 1000),
-              headers: { ...event.headers, 'x-outbox-event-type': event.eventType, 'x-restaurant-id': event.restaurantId, 'x-outbox-attempt': event.attempt },
+              headers: {
+                ...event.headers,
+                'x-outbox-event-type': event.eventType,
+                'x-restaurant-id': event.restaurantId,
+                'x-outbox-attempt': event.attempt,
+                ...(event.sequence !== null ? { [SEQUENCE_HEADER.toLowerCase()]: event.sequence } : {}),
+              },
             },
             (err) => (err ? reject(err) : resolve()),
           );

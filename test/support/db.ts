@@ -80,6 +80,7 @@ export interface ProducedEvent {
   idempotencyKey?: string | null;
   /** The headers column (any JSON, to test validation); omitted: NULL. */
   headers?: unknown;
+  orderingKey?: string | null;
 }
 
 /**
@@ -95,9 +96,9 @@ export async function produce(url: string, tenant: string, events: ProducedEvent
     const ids: string[] = [];
     for (const e of events) {
       const r = await c.query<{ id: string }>(
-        `INSERT INTO capacity_outbox (restaurant_id, event_type, payload, dedupe_key, idempotency_key, headers)
-         VALUES ($1, $2, $3, $4, $5, $6) RETURNING id`,
-        [tenant, e.type, JSON.stringify(e.payload ?? {}), e.dedupeKey ?? null, e.idempotencyKey ?? null, e.headers === undefined ? null : JSON.stringify(e.headers)],
+        `INSERT INTO capacity_outbox (restaurant_id, event_type, payload, dedupe_key, idempotency_key, headers, ordering_key)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id`,
+        [tenant, e.type, JSON.stringify(e.payload ?? {}), e.dedupeKey ?? null, e.idempotencyKey ?? null, e.headers === undefined ? null : JSON.stringify(e.headers), e.orderingKey ?? null],
       );
       ids.push(...r.rows.map((row) => row.id));
     }

@@ -20,6 +20,10 @@ export interface ClaimedRow {
   idempotency_key: string | null;
   /** The producer's headers column, unvalidated (checkEvent validates it). */
   headers: unknown;
+  /** Set for keyed events (migration 0010): delivered one at a time per tenant and key. */
+  ordering_key: string | null;
+  /** Per key, increasing in commit order; bigint as text. */
+  ordering_seq: string | null;
   attempts: number;
   /** next_attempt_at before the claim: where the claim's walk of the due range reached. */
   due_at: Date;
@@ -67,7 +71,7 @@ export async function claimBatch(db: Kysely<Database>, args: ClaimArgs): Promise
 /** The claim statement itself, unexecuted (for EXPLAIN in tests and benchmarks). */
 export function claimStatement(args: ClaimArgs) {
   return sql<ClaimedRow>`SELECT id, created_at_key, created_at, restaurant_id, event_type, payload, payload_bytes,
-      dedupe_key, idempotency_key, headers, attempts, due_at
+      dedupe_key, idempotency_key, headers, attempts, due_at, ordering_key, ordering_seq::text AS ordering_seq
     FROM outbox_dispatcher.claim_batch(${args.workerId}, ${args.limit}::int, ${Math.round(args.leaseMs)}::int,
       ${args.maxPayloadBytes}::int, ${args.after ?? null}::timestamptz)`;
 }
@@ -92,6 +96,17 @@ export interface Completion {
   /** The attempt number the claim gave; guards against completing a re-claimed event. */
   attempt: number;
   outcome: Outcome;
+  /**
+   * A keyed event whose route says ordering.onDeadHead = skip: if this outcome leaves it dead,
+   * its key moves on in the same transaction instead of staying blocked.
+   */
+  skipKeyIfDead?: boolean;
+}
+
+/** Sets dead heads aside so their keys move on (routes with ordering.onDeadHead = skip). */
+async function skipDeadHeads(db: Kysely<Database>, ids: string[], note: string): Promise<void> {
+  if (ids.length === 0) return;
+  await sql`SELECT outbox_dispatcher.capacity_outbox_ordering_skip(id, ${note}) FROM unnest(${ids}::uuid[]) AS t(id)`.execute(db);
 }
 
 const STATUS_OF: Record<Outcome['kind'], OutboxStatus> = {
@@ -107,8 +122,19 @@ const STATUS_OF: Record<Outcome['kind'], OutboxStatus> = {
  */
 export async function completeBatch(db: Kysely<Database>, workerId: string, items: Completion[]): Promise<Set<string>> {
   if (items.length === 0) return new Set();
-  const result = await completionStatement(workerId, items).execute(db);
-  return new Set(result.rows.map((r) => r.id));
+  const skips = new Set(items.filter((c) => c.skipKeyIfDead && c.outcome.kind === 'dead').map((c) => c.id));
+  if (skips.size === 0) {
+    const result = await completionStatement(workerId, items).execute(db);
+    return new Set(result.rows.map((r) => r.id));
+  }
+  // The dead head is written and its key moved on atomically: never a window in which the
+  // key is blocked by an event whose route says skip.
+  return db.transaction().execute(async (trx) => {
+    const result = await completionStatement(workerId, items).execute(trx);
+    const applied = new Set(result.rows.map((r) => r.id));
+    await skipDeadHeads(trx, [...skips].filter((id) => applied.has(id)), 'route ordering.onDeadHead = skip');
+    return applied;
+  });
 }
 
 /** The completion statement, unexecuted (for EXPLAIN in tests). */
@@ -167,8 +193,23 @@ export const LEASE_EXPIRED_PREFIX = 'lease expired: ';
  */
 export async function rescueExpiredLeases(
   db: Kysely<Database>,
-  args: { limit: number; maxAttempts: number; retryHorizonMs: number },
+  args: { limit: number; maxAttempts: number; retryHorizonMs: number; skipKeyOnDead?: (eventType: string) => boolean },
 ): Promise<RescueResult> {
+  // One transaction: a keyed event dead-lettered here under a route whose ordering says skip
+  // never leaves its key blocked.
+  return db.transaction().execute(async (trx) => {
+    const r = await rescueStatement(trx, args);
+    await skipDeadHeads(
+      trx,
+      r.rows.filter((row) => row.status === 'dead' && row.ordering_key !== null && args.skipKeyOnDead?.(row.event_type)).map((row) => row.id),
+      'route ordering.onDeadHead = skip',
+    );
+    const deadLettered = r.rows.filter((row) => row.status === 'dead').length;
+    return { requeued: r.rows.length - deadLettered, deadLettered };
+  });
+}
+
+async function rescueStatement(db: Kysely<Database>, args: { limit: number; maxAttempts: number; retryHorizonMs: number }) {
   const rows = await db
     .with('expired', (qc) => dueRows(qc, 'processing', args.limit))
     .updateTable('capacity_outbox as o')
@@ -185,8 +226,7 @@ export async function rescueExpiredLeases(
     }))
     .whereRef('o.id', '=', 'expired.id')
     .whereRef('o.created_at', '=', 'expired.created_at')
-    .returning(['o.status'])
+    .returning(['o.id', 'o.status', 'o.event_type', 'o.ordering_key'])
     .execute();
-  const deadLettered = rows.filter((r) => r.status === 'dead').length;
-  return { requeued: rows.length - deadLettered, deadLettered };
+  return { rows };
 }
