@@ -67,7 +67,10 @@ describe('rotation DDL behind a long transaction (repro 06)', () => {
       const t = report.tables[0]!;
       expect(t.errors).toEqual([]);
       expect(t.deferred.map((d) => d.step)).toEqual([`create partition for ${monthStart(3)}`]);
-      expect(t.deferred[0]!.message).toMatch(/could not take its lock within 5000 ms in 1 tries; held by pid \d+ \(AccessShareLock on capacity_outbox/);
+      // The holders are listed in no particular order; the long reader must be among them.
+      const readerPid = (await reader.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0]!.pid;
+      expect(t.deferred[0]!.message).toMatch(/^could not take its lock within 5000 ms in 1 tries; held by pid \d+/);
+      expect(t.deferred[0]!.message).toMatch(new RegExp(`pid ${readerPid} \\(AccessShareLock on capacity_outbox`));
       expect(t.created).toEqual([]);
       expect((await db.query(`SELECT to_regclass($1) AS t`, [`public.${partName(3)}`])).rows[0].t).toBeNull();
     } finally {
