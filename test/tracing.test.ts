@@ -115,8 +115,15 @@ describe('dispatch spans through the daemon', () => {
   let consumer: Awaited<ReturnType<typeof startReceiver>>;
   let collector: Awaited<ReturnType<typeof startReceiver>>;
   const prefix = `outbox_otel_${crypto.randomBytes(4).toString('hex')}`;
-  let amqpConn: amqp.ChannelModel;
-  let ch: amqp.Channel;
+  // A connection per use: one held across the file can be closed under load (missed heartbeats).
+  const withChannel = async <T>(work: (ch: amqp.Channel) => Promise<T>): Promise<T> => {
+    const conn = await amqp.connect(AMQP);
+    try {
+      return await work(await conn.createChannel());
+    } finally {
+      await conn.close().catch(() => undefined);
+    }
+  };
 
   beforeAll(async () => {
     db = await createTestDatabase();
@@ -125,16 +132,17 @@ describe('dispatch spans through the daemon', () => {
     const nc = await connect({ servers: NATS });
     await (await jetstreamManager(nc)).streams.add({ name: prefix.toUpperCase(), subjects: [`${prefix}.>`] });
     await nc.close();
-    amqpConn = await amqp.connect(AMQP);
-    ch = await amqpConn.createChannel();
-    await ch.assertExchange(prefix, 'topic', { durable: false });
-    await ch.assertQueue(`${prefix}_q`, { durable: false });
-    await ch.bindQueue(`${prefix}_q`, prefix, '#');
+    await withChannel(async (ch) => {
+      await ch.assertExchange(prefix, 'topic', { durable: false });
+      await ch.assertQueue(`${prefix}_q`, { durable: false, autoDelete: false });
+      await ch.bindQueue(`${prefix}_q`, prefix, '#');
+    });
   });
   afterAll(async () => {
-    await ch?.deleteQueue(`${prefix}_q`).catch(() => undefined);
-    await ch?.deleteExchange(prefix).catch(() => undefined);
-    await amqpConn?.close().catch(() => undefined);
+    await withChannel(async (ch) => {
+      await ch.deleteQueue(`${prefix}_q`);
+      await ch.deleteExchange(prefix);
+    }).catch(() => undefined);
     const nc = await connect({ servers: NATS });
     await (await jetstreamManager(nc)).streams.delete(prefix.toUpperCase()).catch(() => undefined);
     await nc.close();
@@ -261,7 +269,7 @@ describe('dispatch spans through the daemon', () => {
     const msg = await (await jetstreamManager(nc)).streams.getMessage(prefix.toUpperCase(), { last_by_subj: `${prefix}.trace.nats` });
     expect(parseTraceparent(msg!.header.get('traceparent'))).toEqual({ traceId: pn.traceId, spanId: natsSpan!.spanId, flags: '01' });
     await nc.close();
-    const got = await waitFor(async () => (await ch.get(`${prefix}_q`, { noAck: true })) || undefined);
+    const got = await waitFor(() => withChannel(async (ch) => (await ch.get(`${prefix}_q`, { noAck: true })) || undefined));
     expect(got.properties.messageId).toBe(rabbitId);
     expect(parseTraceparent(String(got.properties.headers?.traceparent))).toEqual({ traceId: pr.traceId, spanId: rabbitSpan!.spanId, flags: '01' });
     expect(got.properties.headers?.tracestate).toBe('v=1');
