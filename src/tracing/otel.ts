@@ -66,47 +66,66 @@ export function createOtelTracer(settings: Extract<TracingSettings, { enabled: t
   const tracer = provider.getTracer('outbox-dispatcher', VERSION);
   const propagator = new W3CTraceContextPropagator();
 
+  let failures = 0;
+  // Tracing must never cost a delivery: a failure here sends the message untraced.
+  const untraced = (a: DeliveryAttempt, err: unknown): AttemptSpan => {
+    if (failures++ % 1000 === 0) otelLog.warn({ err, failures }, 'starting a dispatch span failed; sending untraced');
+    return { headers: a.headers, end: () => undefined };
+  };
+
   return {
     startAttempt(a: DeliveryAttempt): AttemptSpan {
-      // Only a valid traceparent reaches here (src/dispatch/headers.ts); without one the
-      // dispatch span is a root span.
-      const parent: Context = a.headers.traceparent ? propagator.extract(ROOT_CONTEXT, a.headers, getter) : ROOT_CONTEXT;
-      const operation = a.sinkType === 'http' ? 'send' : 'publish';
-      const span = tracer.startSpan(
-        `${operation} ${a.destination}`,
-        {
-          kind: SpanKind.PRODUCER,
-          attributes: {
-            [MESSAGING_SYSTEM]: a.sinkType,
-            [MESSAGING_DESTINATION_NAME]: a.destination,
-            [MESSAGING_MESSAGE_ID]: a.eventId,
-            [MESSAGING_OPERATION_TYPE]: 'send',
-            [MESSAGING_OPERATION_NAME]: operation,
-            'outbox.event_type': a.eventType,
-            'outbox.sink': a.sinkName,
-            'outbox.attempt': a.attempt,
-          },
+      try {
+        return start(a);
+      } catch (err) {
+        return untraced(a, err);
+      }
+    },
+    async shutdown() {
+      await provider.shutdown();
+    },
+  };
+
+  function start(a: DeliveryAttempt): AttemptSpan {
+    // Only a valid traceparent reaches here (src/dispatch/headers.ts); without one the
+    // dispatch span is a root span.
+    const parent: Context = a.headers.traceparent ? propagator.extract(ROOT_CONTEXT, a.headers, getter) : ROOT_CONTEXT;
+    const operation = a.sinkType === 'http' ? 'send' : 'publish';
+    const span = tracer.startSpan(
+      `${operation} ${a.destination}`,
+      {
+        kind: SpanKind.PRODUCER,
+        attributes: {
+          [MESSAGING_SYSTEM]: a.sinkType,
+          [MESSAGING_DESTINATION_NAME]: a.destination,
+          [MESSAGING_MESSAGE_ID]: a.eventId,
+          [MESSAGING_OPERATION_TYPE]: 'send',
+          [MESSAGING_OPERATION_NAME]: operation,
+          'outbox.event_type': a.eventType,
+          'outbox.sink': a.sinkName,
+          'outbox.attempt': a.attempt,
         },
-        parent,
-      );
-      // The consumer nests under this delivery: same trace id as the producer's, and the
-      // dispatch span as its parent. The producer's tracestate is carried on unchanged.
-      const headers: Record<string, string> = { ...a.headers };
-      propagator.inject(trace.setSpan(parent, span), headers, setter);
-      return {
-        headers,
-        end(outcome) {
+      },
+      parent,
+    );
+    // The consumer nests under this delivery: same trace id as the producer's, and the
+    // dispatch span as its parent. The producer's tracestate is carried on unchanged.
+    const headers: Record<string, string> = { ...a.headers };
+    propagator.inject(trace.setSpan(parent, span), headers, setter);
+    return {
+      headers,
+      end(outcome) {
+        try {
           span.setAttribute('outbox.outcome', outcome.kind);
           if (outcome.error !== undefined) {
             span.setAttribute(ATTR_ERROR_TYPE, outcome.kind === 'dead' ? 'permanent' : 'retryable');
             span.setStatus({ code: SpanStatusCode.ERROR, message: outcome.error });
           }
           span.end();
-        },
-      };
-    },
-    async shutdown() {
-      await provider.shutdown();
-    },
-  };
+        } catch (err) {
+          otelLog.warn({ err }, 'ending a dispatch span failed');
+        }
+      },
+    };
+  }
 }
