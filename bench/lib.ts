@@ -6,7 +6,8 @@ import pg from 'pg';
 import { migrate } from '../src/db/migrator.ts';
 
 /** The built daemon (what the image runs; `npm run bench` builds it first). */
-export const MAIN = fileURLToPath(new URL('../dist/main.js', import.meta.url));
+/** BENCH_MAIN runs another build (e.g. the previous commit's, to compare before/after). */
+export const MAIN = process.env.BENCH_MAIN ?? fileURLToPath(new URL('../dist/main.js', import.meta.url));
 /** V8 flags of the image (Dockerfile NODE_OPTIONS): the defaults people run. BENCH_NODE_FLAGS adds a heap cap. */
 export const NODE_FLAGS = (process.env.BENCH_NODE_FLAGS ?? '--max-semi-space-size=8').split(' ').filter(Boolean);
 export const WORKER_ROLE = 'outbox_bench_worker';

@@ -27,6 +27,7 @@ import { steadyLatency, type LatencyResult } from './sections/latency.ts';
 import { memoryUnderBacklog } from './sections/memory.ts';
 import { orderingDrain, type OrderingDrainResult } from './sections/ordering.ts';
 import { producerThroughput } from './sections/producer.ts';
+import { tracingDrain } from './sections/tracing.ts';
 
 const quick = process.env.BENCH_QUICK === '1';
 const EVENTS = Number(process.env.BENCH_EVENTS ?? (quick ? 10_000 : 100_000));
@@ -82,6 +83,7 @@ async function main() {
       await step('dispatcher, 2 workers, noop, cold burst', () => dispatcherDrain(url, EVENTS, 2, 'noop', TUNING, { cold: true, label: 'cold burst, defaults' }));
       await step('dispatcher, 1 worker, http', () => dispatcherDrain(url, EVENTS, 1, 'http', TUNING));
       await step('dispatcher, 2 workers, http', () => dispatcherDrain(url, EVENTS, 2, 'http', TUNING));
+      await step('dispatcher, 1 worker, noop, tracing on', () => tracingDrain(url, EVENTS, TUNING, true));
       await step('graphile-worker', () => graphileDrain(url, EVENTS));
       await step('pg-boss', () => pgBossDrain(url, EVENTS));
     }

@@ -8,21 +8,22 @@ import { reconnectDelayMs, sleep } from '../lifecycle/service.ts';
 import { exitGracefullyOnSignals } from '../lifecycle/signals.ts';
 import { createLogger, redactUrl, type Logger } from '../log.ts';
 import { createSinks } from '../sinks/create-sinks.ts';
+import { tracingSettings, type TracingSettings } from '../tracing/settings.ts';
 import { resolveConnection } from './connection.ts';
 
 /** Config stage 2: everything `run` needs, validated before any connection is made. */
-export function loadRunConfig(env: NodeJS.ProcessEnv): { config: EnvConfig; routes: Route[] } {
+export function loadRunConfig(env: NodeJS.ProcessEnv): { config: EnvConfig; routes: Route[]; tracing: TracingSettings } {
   const config = loadEnvConfig(env);
   let file = DEFAULT_EMBEDDED_ROUTES;
   if (config.routesSource) file = loadRoutesFile(config.routesSource);
   else if (config.databaseUrl) {
     throw new ConfigError('OUTBOX_ROUTES', 'is required when DATABASE_URL is set: a path to a routes file (JSON or YAML) or inline JSON');
   }
-  return { config, routes: compileRoutes(file, config.dispatch.leaseMs) };
+  return { config, routes: compileRoutes(file, config.dispatch.leaseMs), tracing: tracingSettings(env) };
 }
 
 export async function runCommand(env: NodeJS.ProcessEnv = process.env): Promise<void> {
-  const { config, routes } = loadRunConfig(env);
+  const { config, routes, tracing } = loadRunConfig(env);
   const log: Logger = createLogger(config.logLevel);
   const sinks = createSinks(routes, log, env);
   const conn = await resolveConnection(config, log, { as: 'dispatcher' });
@@ -35,7 +36,7 @@ export async function runCommand(env: NodeJS.ProcessEnv = process.env): Promise<
     // OUTBOX_LISTEN_URL belongs to DATABASE_URL's database; the embedded default needs none.
     const listenUrl = conn.embedded ? undefined : config.listenUrl;
     if (listenUrl) log.info({ listen: redactUrl(listenUrl) }, 'LISTEN uses OUTBOX_LISTEN_URL');
-    daemon = new Daemon({ config, connectionString: conn.url, listenConnectionString: listenUrl, roleSwitch, routes, sinks, log });
+    daemon = new Daemon({ config, connectionString: conn.url, listenConnectionString: listenUrl, roleSwitch, routes, sinks, log, tracing });
     await daemon.start();
   } catch (err) {
     await daemon?.stop().catch(() => undefined);

@@ -9,6 +9,7 @@ import { jitter, reconnectDelayMs, sleep, type Service } from '../lifecycle/serv
 import type { Logger } from '../log.ts';
 import type { DispatcherMetrics } from '../metrics/metrics.ts';
 import type { Sink } from '../sinks/types.ts';
+import type { DispatchTracer } from '../tracing/tracer.ts';
 import type { TenantScope } from '../tenancy/scope.ts';
 import type { Completer } from './completer.ts';
 import { ClaimCursor } from './claim-cursor.ts';
@@ -57,6 +58,8 @@ export class Dispatcher implements Service {
   #state: DispatcherState = 'idle';
   #loop: Promise<void> | undefined;
   #stopping: Promise<void> | undefined;
+  /** Undefined while tracing is off (README "Tracing"). */
+  #tracer: DispatchTracer | undefined;
 
   constructor(deps: DispatcherDeps) {
     this.#d = deps;
@@ -84,6 +87,11 @@ export class Dispatcher implements Service {
     if (this.#state !== 'idle') return;
     this.#state = 'running';
     this.#loop = this.#run();
+  }
+
+  /** Dispatch spans from now on; set before start (the SDK loads asynchronously). */
+  traceWith(tracer: DispatchTracer | undefined): void {
+    this.#tracer = tracer;
   }
 
   /** A hint that events may be due (NOTIFY, rescue, reconnect). */
@@ -200,8 +208,17 @@ export class Dispatcher implements Service {
 
     const endTimer = metrics.dispatchDuration.startTimer({ sink: sink.name });
     let outcome: Outcome;
+    const span = this.#tracer?.startAttempt({
+      eventId: row.id,
+      eventType: row.event_type,
+      attempt,
+      headers: checked.event.headers,
+      sinkName: sink.name,
+      sinkType: sink.type,
+      destination: sink.destination?.(checked.event) ?? sink.name,
+    });
     try {
-      await sink.send(checked.event, {
+      await sink.send(span ? { ...checked.event, headers: span.headers } : checked.event, {
         signal: this.#abortSends.signal,
         withTenant: (work) => this.#d.tenantScope.run(row.restaurant_id, work),
       });
@@ -213,6 +230,7 @@ export class Dispatcher implements Service {
       breaker?.record(sendResultOf(err), admission.probe);
     }
     endTimer();
+    span?.end({ kind: outcome.kind, error: 'error' in outcome ? outcome.error : undefined });
     finish(outcome, sink.name);
   }
 

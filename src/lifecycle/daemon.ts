@@ -20,6 +20,8 @@ import { PartitionMetrics } from '../metrics/partition-metrics.ts';
 import { PartitionMaintenance } from '../partitions/maintenance.ts';
 import type { Sink } from '../sinks/types.ts';
 import { TenantScope } from '../tenancy/scope.ts';
+import type { TracingSettings } from '../tracing/settings.ts';
+import { startTracing, type DispatchTracer } from '../tracing/tracer.ts';
 import { claimLoopBoundMs, completerBoundMs, Heartbeat, Watchdog } from './heartbeat.ts';
 import { sleep } from './service.ts';
 
@@ -38,15 +40,18 @@ export interface DaemonOptions {
   sinks: ReadonlyMap<string, Sink>;
   log: Logger;
   metrics?: DispatcherMetrics;
+  /** OTEL_* settings (src/tracing/settings.ts); default off. */
+  tracing?: TracingSettings;
   /** The calendar partition maintenance sees (tests inject one). */
   now?: () => Date;
 }
 
 /**
  * Composes the long-lived services. Start order: ops server, completer, dispatcher,
- * rescuer, listener, partition maintenance, backlog sampler. Stop order (fixed): listener,
- * rescuer, partition maintenance and backlog sampler (no more wake-ups, DDL or sampling),
- * dispatcher (stop claiming, drain, release), completer (final flush), sinks, ops
+ * rescuer, listener, partition maintenance, backlog sampler (tracing is set up before the
+ * dispatcher starts). Stop order (fixed): listener, rescuer, partition maintenance and
+ * backlog sampler (no more wake-ups, DDL or sampling), dispatcher (stop claiming, drain,
+ * release), completer (final flush), sinks, tracer provider (export the last spans), ops
  * server (scrapable while draining), pool.
  */
 export class Daemon {
@@ -68,6 +73,7 @@ export class Daemon {
   readonly #opts: DaemonOptions;
   readonly #log: Logger;
   #stopping: Promise<void> | undefined;
+  #tracer: DispatchTracer | undefined;
 
   #circuits(settings: CircuitSettings, sinkNames: Iterable<string>): SinkCircuits {
     const circuits = new SinkCircuits(settings, (sink, state) => {
@@ -152,6 +158,10 @@ export class Daemon {
   async start(): Promise<void> {
     await this.server.start();
     await this.completer.start();
+    if (this.#opts.tracing) {
+      this.#tracer = await startTracing(this.#opts.tracing, this.#log);
+      this.dispatcher.traceWith(this.#tracer);
+    }
     await this.dispatcher.start();
     await this.rescuer.start();
     await this.orderingSettler.start();
@@ -208,6 +218,9 @@ export class Daemon {
     await this.dispatcher.stop();
     await this.completer.stop();
     await Promise.all([...this.#opts.sinks.values()].map((s) => s.close?.().catch(() => undefined)));
+    // Spans end with their attempts, so all are buffered once the dispatcher has drained; an
+    // unreachable collector cannot hold shutdown up.
+    if (this.#tracer) await this.#bounded('tracer provider', this.#tracer.shutdown());
     await this.server.stop();
     await this.#bounded('database pool', this.db.destroy());
     this.#log.info('shutdown complete');

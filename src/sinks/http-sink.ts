@@ -68,6 +68,11 @@ export class HttpSink implements Sink {
     this.#request = secure ? https.request : http.request;
   }
 
+  /** The endpoint without credentials, query or fragment: spans must not carry secrets. */
+  destination(): string {
+    return `${this.#url.origin}${this.#url.pathname}`;
+  }
+
   async send(event: OutboxEvent, ctx: SinkContext): Promise<void> {
     const text = JSON.stringify(eventBody(event));
     // Forwarded producer headers first: the route's and the sink's own headers always win.

@@ -43,6 +43,10 @@ export class NatsSink implements Sink {
     return this.#conn;
   }
 
+  destination(event: OutboxEvent): string {
+    return renderTemplate(this.#config.subject, event);
+  }
+
   async send(event: OutboxEvent, ctx: SinkContext): Promise<void> {
     if (ctx.signal.aborted) throw new DispatchAbortedError('shutdown before publishing');
     const subject = renderTemplate(this.#config.subject, event);

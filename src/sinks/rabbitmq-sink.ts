@@ -87,6 +87,11 @@ export class RabbitMqSink implements Sink {
     );
   }
 
+  /** The exchange, as the messaging conventions name a RabbitMQ destination (amq.default for ''). */
+  destination(): string {
+    return this.#config.exchange || 'amq.default';
+  }
+
   async send(event: OutboxEvent, ctx: SinkContext): Promise<void> {
     if (ctx.signal.aborted) throw new DispatchAbortedError('shutdown before publishing');
     const routingKey = renderTemplate(this.#config.routingKey, event);

@@ -18,5 +18,7 @@ export interface Sink {
   /** Longest a send may take; the dispatcher will not start one its lease cannot cover. */
   readonly timeoutMs: number;
   send(event: OutboxEvent, ctx: SinkContext): Promise<void>;
+  /** Where this event goes (subject, exchange, endpoint without query), for trace spans. */
+  destination?(event: OutboxEvent): string;
   close?(): Promise<void>;
 }

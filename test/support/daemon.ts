@@ -4,6 +4,7 @@ import { Daemon } from '../../src/lifecycle/daemon.ts';
 import { createLogger } from '../../src/log.ts';
 import { createSinks } from '../../src/sinks/create-sinks.ts';
 import type { Sink } from '../../src/sinks/types.ts';
+import { tracingSettings } from '../../src/tracing/settings.ts';
 import type { TestDatabase } from './db.ts';
 
 export const NOOP_ROUTES: RoutesFileInput = { routes: [{ match: '*', sink: { type: 'noop', name: 'test' } }] };
@@ -39,7 +40,7 @@ export async function startDaemon(
   const log = createLogger(config.logLevel);
   const sinks = createSinks(routes, log, {});
   for (const [name, sink] of Object.entries(opts.sinks ?? {})) sinks.set(name, sink);
-  const daemon = new Daemon({ config, connectionString: opts.connectionString ?? db.workerUrl, listenConnectionString: opts.listenUrl, routes, sinks, log });
+  const daemon = new Daemon({ config, connectionString: opts.connectionString ?? db.workerUrl, listenConnectionString: opts.listenUrl, routes, sinks, log, tracing: tracingSettings(opts.env ?? {}) });
   await daemon.start();
   return daemon;
 }
