@@ -1,6 +1,7 @@
 import { loadEnvConfig, type EnvConfig } from '../config/env.ts';
 import { ConfigError } from '../config/errors.ts';
 import { compileRoutes, DEFAULT_EMBEDDED_ROUTES, loadRoutesFile, type Route } from '../config/routes.ts';
+import { databaseFailure } from '../db/errors.ts';
 import { preflight } from '../db/preflight.ts';
 import { Daemon } from '../lifecycle/daemon.ts';
 import { EXIT, StartupError } from '../lifecycle/errors.ts';
@@ -68,10 +69,12 @@ async function untilReachable<T>(waitMs: number, log: Logger, work: () => Promis
     try {
       return await work();
     } catch (err) {
-      const unreachable = err instanceof StartupError && err.exitCode === EXIT.DATABASE_UNAVAILABLE;
+      // Refused connections, and sessions ended under it (57P01 during a restart's fast
+      // shutdown, a dropped socket) mid-preflight: all transient, and preflight only reads.
+      const unreachable = (err instanceof StartupError && err.exitCode === EXIT.DATABASE_UNAVAILABLE) || databaseFailure(err)?.kind === 'unreachable';
       const delay = reconnectDelayMs(attempt, 250, 5000);
       if (!unreachable || Date.now() + delay > deadline) throw err;
-      log.warn({ attempt, retryInMs: Math.round(delay), error: err.message }, 'database not reachable yet; waiting for it (OUTBOX_DB_STARTUP_WAIT_MS)');
+      log.warn({ attempt, retryInMs: Math.round(delay), error: (err as Error).message }, 'database not reachable yet; waiting for it (OUTBOX_DB_STARTUP_WAIT_MS)');
       await sleep(delay);
     }
   }
