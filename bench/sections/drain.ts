@@ -42,13 +42,7 @@ export async function bareLoop(rootUrl: string, events: number, conns: number, b
                             ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED)
                  UPDATE capacity_outbox o SET status = 'done', dispatched_at = now() FROM c
                  WHERE o.id = c.id AND o.created_at = c.created_at`;
-    const clients = await Promise.all(
-      Array.from({ length: conns }, async () => {
-        const c = new pg.Client({ connectionString: db.workerUrl, options: '-c role=app_background' });
-        await c.connect();
-        return c;
-      }),
-    );
+    const clients = await workerClients(db.workerUrl, conns);
     const before = await walAndCommits(db.admin);
     const pgCpu0 = postgresCpuSeconds();
     const t0 = performance.now();
@@ -91,13 +85,7 @@ export async function bareTwoStatementLoop(rootUrl: string, events: number, conn
                    FROM c WHERE o.id = c.id AND o.created_at = c.created_at RETURNING o.id, o.created_at::text AS k`;
     const done = `UPDATE capacity_outbox o SET status = 'done', dispatched_at = now(), locked_by = NULL, locked_until = NULL
                   FROM unnest($1::uuid[], $2::timestamptz[]) AS v(id, k) WHERE o.id = v.id AND o.created_at = v.k AND o.locked_by = $3`;
-    const clients = await Promise.all(
-      Array.from({ length: conns }, async () => {
-        const c = new pg.Client({ connectionString: db.workerUrl, options: '-c role=app_background' });
-        await c.connect();
-        return c;
-      }),
-    );
+    const clients = await workerClients(db.workerUrl, conns);
     const before = await walAndCommits(db.admin);
     const pgCpu0 = postgresCpuSeconds();
     const t0 = performance.now();
@@ -265,4 +253,15 @@ interface PgBossLike {
   createQueue(name: string): Promise<void>;
   insert(name: string, jobs: object[]): Promise<unknown>;
   work(name: string, opts: object, fn: (jobs: unknown[]) => Promise<void>): Promise<string>;
+}
+
+/** `n` connections as the daemon's login (it inherits app_background: no role switch). */
+async function workerClients(url: string, n: number): Promise<pg.Client[]> {
+  return Promise.all(
+    Array.from({ length: n }, async () => {
+      const c = new pg.Client({ connectionString: url });
+      await c.connect();
+      return c;
+    }),
+  );
 }
