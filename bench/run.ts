@@ -19,7 +19,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { ensureEmbeddedCluster } from '../src/embedded/cluster.ts';
-import { createLogger } from '../src/log.ts';
+import { createLogger } from '../src/kernel/log.ts';
 import { round } from './lib.ts';
 import { claimLatency, type ClaimLatencyResult } from './sections/claim-latency.ts';
 import { bareLoop, bareTwoStatementLoop, dispatcherDrain, graphileDrain, pgBossDrain, type DrainResult } from './sections/drain.ts';

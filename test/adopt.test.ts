@@ -3,7 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { migrate } from '../src/db/migrator.ts';
 import { createKysely, createPool } from '../src/db/pool.ts';
 import { claimBatch, completeBatch } from '../src/db/queries/outbox.ts';
-import { createLogger } from '../src/log.ts';
+import { createLogger } from '../src/kernel/log.ts';
 import { adoptTable, AdoptError } from '../src/partitions/adopt.ts';
 import { PartitionRotator } from '../src/partitions/rotator.ts';
 import { asRole, createEmptyDatabase, produce, tenantId, waitFor } from './support/db.ts';

@@ -7,7 +7,7 @@ import { ConfigError } from '../src/config/errors.ts';
 import { leaseMarginMs, maxTimeoutForLease, sendFitsInLease } from '../src/config/lease.ts';
 import { compilePattern, compileRoutes, findRoute, loadRoutesFile, parseRoutes } from '../src/config/routes.ts';
 import { createSinks } from '../src/sinks/create-sinks.ts';
-import { createLogger } from '../src/log.ts';
+import { createLogger } from '../src/kernel/log.ts';
 import { runCli } from './support/cli.ts';
 
 function configError(fn: () => unknown): ConfigError {

@@ -2,7 +2,7 @@ import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createKysely, createPool, QueryTimeoutError, sessionTimeoutsSql } from '../src/db/pool.ts';
 import { claimBatch } from '../src/db/queries/outbox.ts';
-import { claimLoopBoundMs, Heartbeat, Watchdog } from '../src/lifecycle/heartbeat.ts';
+import { claimLoopBoundMs, Heartbeat, Watchdog } from '../src/kernel/heartbeat.ts';
 import { createTestDatabase, produce, statusCounts, tenantId, waitFor, type TestDatabase } from './support/db.ts';
 import { recordingSink, startDaemon } from './support/daemon.ts';
 import { metricTotal } from './support/metrics.ts';

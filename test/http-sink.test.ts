@@ -1,7 +1,7 @@
 import crypto from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { DispatchAbortedError, PermanentDispatchError, RetryableDispatchError } from '../src/dispatch/errors.ts';
-import type { OutboxEvent } from '../src/dispatch/event.ts';
+import { DispatchAbortedError, PermanentDispatchError, RetryableDispatchError } from '../src/domain/dispatch-errors.ts';
+import type { OutboxEvent } from '../src/domain/event.ts';
 import { HttpSink, parseRetryAfter, signBody } from '../src/sinks/http-sink.ts';
 import type { SinkContext } from '../src/sinks/types.ts';
 import { startReceiver } from './support/http-receiver.ts';

@@ -4,7 +4,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { claimBatch, completeBatch, rescueExpiredLeases, type ClaimedRow } from '../src/db/queries/outbox.ts';
 import { settlePendingKeys } from '../src/db/queries/ordering.ts';
 import type { Database } from '../src/db/schema.ts';
-import { PermanentDispatchError, RetryableDispatchError } from '../src/dispatch/errors.ts';
+import { PermanentDispatchError, RetryableDispatchError } from '../src/domain/dispatch-errors.ts';
 import type { Daemon } from '../src/lifecycle/daemon.ts';
 import { runCli } from './support/cli.ts';
 import { startDaemon, recordingSink } from './support/daemon.ts';

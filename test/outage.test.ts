@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CircuitBreaker, sendResultOf, type CircuitState } from '../src/dispatch/circuit-breaker.ts';
-import { DispatchAbortedError, PermanentDispatchError, RetryableDispatchError } from '../src/dispatch/errors.ts';
+import { DispatchAbortedError, PermanentDispatchError, RetryableDispatchError } from '../src/domain/dispatch-errors.ts';
 import { isExhausted, outcomeForFailure } from '../src/dispatch/retry-policy.ts';
 import { loadEnvConfig } from '../src/config/env.ts';
 import { createTestDatabase, produce, tenantId, waitFor, type TestDatabase } from './support/db.ts';

@@ -3,7 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { migrate } from '../src/db/migrator.ts';
 import { BACKGROUND_ROLE, createKysely, createPool } from '../src/db/pool.ts';
 import { claimBatch } from '../src/db/queries/outbox.ts';
-import { createLogger } from '../src/log.ts';
+import { createLogger } from '../src/kernel/log.ts';
 import { adoptTable } from '../src/partitions/adopt.ts';
 import { PartitionRotator } from '../src/partitions/rotator.ts';
 import { produce, tenantId } from './support/db.ts';

@@ -1,7 +1,7 @@
 import pg from 'pg';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { Registry } from 'prom-client';
-import { createLogger } from '../src/log.ts';
+import { createLogger } from '../src/kernel/log.ts';
 import { PartitionMetrics } from '../src/metrics/partition-metrics.ts';
 import { PartitionMaintenance } from '../src/partitions/maintenance.ts';
 import { PartitionRotator } from '../src/partitions/rotator.ts';

@@ -1,9 +1,9 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createKysely, createPool } from '../src/db/pool.ts';
 import { claimBatch, type Completion } from '../src/db/queries/outbox.ts';
-import { safeText } from '../src/db/text.ts';
+import { safeText } from '../src/domain/safe-text.ts';
 import { Completer } from '../src/dispatch/completer.ts';
-import { createLogger } from '../src/log.ts';
+import { createLogger } from '../src/kernel/log.ts';
 import { DispatcherMetrics } from '../src/metrics/metrics.ts';
 import { createTestDatabase, produce, tenantId, waitFor, type TestDatabase } from './support/db.ts';
 import { startDaemon } from './support/daemon.ts';

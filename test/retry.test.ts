@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { PermanentDispatchError, RetryableDispatchError, DispatchAbortedError } from '../src/dispatch/errors.ts';
+import { PermanentDispatchError, RetryableDispatchError, DispatchAbortedError } from '../src/domain/dispatch-errors.ts';
 import { maxTimeoutForLease } from '../src/config/lease.ts';
 import { backoffDelayMs, outcomeForFailure, RETRY_AFTER_CEILING_MS } from '../src/dispatch/retry-policy.ts';
 import { createTestDatabase, produce, tenantId, waitFor, type TestDatabase } from './support/db.ts';

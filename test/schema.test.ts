@@ -2,8 +2,8 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadMigrations, migrate, migrationStatus, MigrationError } from '../src/db/migrator.ts';
 import { preflight } from '../src/db/preflight.ts';
-import { EXIT, StartupError } from '../src/lifecycle/errors.ts';
-import { createLogger } from '../src/log.ts';
+import { EXIT, StartupError } from '../src/kernel/exit-codes.ts';
+import { createLogger } from '../src/kernel/log.ts';
 import { createEmptyDatabase, createTestDatabase, type TestDatabase } from './support/db.ts';
 
 let db: TestDatabase;

@@ -1,8 +1,8 @@
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { preflight } from '../src/db/preflight.ts';
-import { EXIT, StartupError } from '../src/lifecycle/errors.ts';
-import { createLogger } from '../src/log.ts';
+import { EXIT, StartupError } from '../src/kernel/exit-codes.ts';
+import { createLogger } from '../src/kernel/log.ts';
 import { runCli, startWorkerProcess } from './support/cli.ts';
 import { createTestDatabase, produce, statusCounts, tenantId, waitFor, type TestDatabase } from './support/db.ts';
 import { startReceiver } from './support/http-receiver.ts';

@@ -4,7 +4,7 @@ import { jetstreamManager } from '@nats-io/jetstream';
 import { connect } from '@nats-io/transport-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConfigError } from '../src/config/errors.ts';
-import { createLogger } from '../src/log.ts';
+import { createLogger } from '../src/kernel/log.ts';
 import { tracingSettings } from '../src/tracing/settings.ts';
 import { startTracing } from '../src/tracing/tracer.ts';
 import { runCli } from './support/cli.ts';

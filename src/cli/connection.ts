@@ -11,7 +11,7 @@ import type { Database } from '../db/schema.ts';
 import { connectClient } from '../db/connect.ts';
 import type { EmbeddedCluster } from '../embedded/cluster.ts';
 import { prepareEmbedded } from '../embedded/bootstrap.ts';
-import { createLogger, type Logger } from '../log.ts';
+import { createLogger, type Logger } from '../kernel/log.ts';
 import { ConnectedAsError } from './errors.ts';
 
 export interface Connection {

@@ -1,6 +1,6 @@
 import pg from 'pg';
 import { loadEnvConfig } from '../config/env.ts';
-import { EXIT } from '../lifecycle/errors.ts';
+import { EXIT } from '../kernel/exit-codes.ts';
 import { asProducer } from '../tenancy/producer.ts';
 import { cliLogger, withClient } from './connection.ts';
 import { printJson } from './output.ts';

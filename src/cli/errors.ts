@@ -2,7 +2,7 @@ import { CommanderError } from 'commander';
 import { ConfigError } from '../config/errors.ts';
 import { databaseFailure } from '../db/errors.ts';
 import { MigrationError } from '../db/migrator.ts';
-import { EXIT, StartupError } from '../lifecycle/errors.ts';
+import { EXIT, StartupError } from '../kernel/exit-codes.ts';
 import { AdoptError } from '../partitions/adopt.ts';
 import { RegistryError } from '../partitions/registry.ts';
 import { loginAdvice, type LoginKind } from './logins.ts';

@@ -1,6 +1,6 @@
 import { eventStats, previewReplay, replayDead, type EventFilter } from '../db/queries/operator.ts';
 import { listBlockedKeys, skipDeadHead, type SkipResult } from '../db/queries/ordering.ts';
-import { EXIT } from '../lifecycle/errors.ts';
+import { EXIT } from '../kernel/exit-codes.ts';
 import { withDatabase } from './connection.ts';
 import { printJson, table } from './output.ts';
 import { UsageError, parsePositiveInt, parseTime, parseTypePattern, parseUuid } from './parse.ts';

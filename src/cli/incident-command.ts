@@ -1,5 +1,5 @@
 import { loadEnvConfig } from '../config/env.ts';
-import { EXIT } from '../lifecycle/errors.ts';
+import { EXIT } from '../kernel/exit-codes.ts';
 import * as incidents from '../incidents/scenarios.ts';
 import { cliLogger, withClient } from './connection.ts';
 import { UsageError, parsePositiveInt, parseTypePattern, parseUuid } from './parse.ts';

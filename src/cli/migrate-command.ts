@@ -1,6 +1,6 @@
 import { loadEnvConfig } from '../config/env.ts';
 import { loadMigrations, migrate, migrationStatus } from '../db/migrator.ts';
-import { EXIT } from '../lifecycle/errors.ts';
+import { EXIT } from '../kernel/exit-codes.ts';
 import { assertSessionConnection, cliLogger, withClient } from './connection.ts';
 import { printJson, table } from './output.ts';
 

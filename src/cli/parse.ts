@@ -1,3 +1,5 @@
+import { EVENT_TYPE_MATCH_PATTERN, EVENT_TYPE_MATCH_RULE } from '../domain/event.ts';
+
 /** A command-line argument is wrong; exit 64 with this message. */
 export class UsageError extends Error {
   override name = 'UsageError';
@@ -35,6 +37,6 @@ export function parsePositiveInt(flag: string, value: string, max: number): numb
 
 /** Event type patterns on the command line: the routes file's alphabet, nothing else. */
 export function parseTypePattern(flag: string, value: string): string {
-  if (!/^[A-Za-z0-9._:*-]{1,200}$/.test(value)) throw new UsageError(`${flag} must be an event type pattern: letters, digits, . _ : - and * only`);
+  if (!EVENT_TYPE_MATCH_PATTERN.test(value)) throw new UsageError(`${flag} ${EVENT_TYPE_MATCH_RULE}`);
   return value;
 }

@@ -1,5 +1,5 @@
 import { loadEnvConfig } from '../config/env.ts';
-import { EXIT } from '../lifecycle/errors.ts';
+import { EXIT } from '../kernel/exit-codes.ts';
 import { adoptTable } from '../partitions/adopt.ts';
 import { parseTableRef } from '../partitions/registry.ts';
 import { PartitionRotator, rotationDeferred, rotationFailed } from '../partitions/rotator.ts';

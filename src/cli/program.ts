@@ -7,7 +7,7 @@ import { partitionsAdoptCommand, partitionsRotateCommand, partitionsStatusComman
 import { runCommand } from './run-command.ts';
 import type { CommandContext } from './errors.ts';
 import { incidentLogin, loginHelp, LOGINS, type LoginKind } from './logins.ts';
-import { VERSION } from '../version.ts';
+import { VERSION } from '../kernel/version.ts';
 
 const collect = (value: string, previous: string[] = []) => [...previous, value];
 const databaseUrlOption = () => new Option('--database-url <url>', 'connect here instead of DATABASE_URL / the embedded default');

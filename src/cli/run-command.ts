@@ -4,10 +4,10 @@ import { compileRoutes, DEFAULT_EMBEDDED_ROUTES, loadRoutesFile, type Route } fr
 import { databaseFailure } from '../db/errors.ts';
 import { preflight } from '../db/preflight.ts';
 import { Daemon } from '../lifecycle/daemon.ts';
-import { EXIT, StartupError } from '../lifecycle/errors.ts';
-import { reconnectDelayMs, sleep } from '../lifecycle/service.ts';
+import { EXIT, StartupError } from '../kernel/exit-codes.ts';
+import { reconnectDelayMs, sleep } from '../kernel/service.ts';
 import { exitGracefullyOnSignals } from '../lifecycle/signals.ts';
-import { createLogger, redactUrl, type Logger } from '../log.ts';
+import { createLogger, redactUrl, type Logger } from '../kernel/log.ts';
 import { createSinks } from '../sinks/create-sinks.ts';
 import { tracingSettings, type TracingSettings } from '../tracing/settings.ts';
 import { resolveConnection } from './connection.ts';

@@ -1,12 +1,10 @@
 import os from 'node:os';
 import cron from 'node-cron';
 import { z } from 'zod';
-import { safeText } from '../db/text.ts';
+import { safeText } from '../domain/safe-text.ts';
+import { LOG_LEVELS, type LogLevel } from '../kernel/log.ts';
 import { ConfigError } from './errors.ts';
 import { boolVar, enumVar, intVar, postgresUrlVar, stringVar } from './env-schema.ts';
-
-export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
-export type LogLevel = (typeof LOG_LEVELS)[number];
 
 /** Every environment variable the daemon reads, with its default and bounds. */
 export const envSchema = z.object({

@@ -2,14 +2,12 @@ import fs from 'node:fs';
 import path from 'node:path';
 import YAML from 'yaml';
 import { z } from 'zod';
+import { EVENT_TYPE_MATCH_PATTERN, EVENT_TYPE_MATCH_RULE } from '../domain/event.ts';
 import { ConfigError } from './errors.ts';
 import { maxTimeoutForLease, timeoutFitsLease } from './lease.ts';
 
 const ROUTES_KEY = 'OUTBOX_ROUTES';
 
-/** Event types and match patterns: letters, digits and . _ : - (patterns add *). */
-export const EVENT_TYPE_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$/;
-const MATCH_PATTERN = /^[A-Za-z0-9._:*-]{1,200}$/;
 const ENV_NAME = /^[A-Z_][A-Z0-9_]{0,127}$/;
 
 const sinkName = z.string().regex(/^[A-Za-z0-9_.:-]{1,64}$/, 'letters, digits and _ . : - only (1-64)');
@@ -101,7 +99,7 @@ export const routesFileSchema = z
       .array(
         z
           .object({
-            match: z.string().regex(MATCH_PATTERN, 'must be an event type pattern: letters, digits, . _ : - and * only'),
+            match: z.string().regex(EVENT_TYPE_MATCH_PATTERN, EVENT_TYPE_MATCH_RULE),
             sink: sinkConfigSchema,
             ordering: orderingSchema.default({ onDeadHead: 'block' }),
           })

@@ -1,5 +1,5 @@
 import pg from 'pg';
-import { EXIT, StartupError } from '../lifecycle/errors.ts';
+import { EXIT, StartupError } from '../kernel/exit-codes.ts';
 import { databaseFailure } from './errors.ts';
 
 /**

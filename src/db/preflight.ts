@@ -1,6 +1,6 @@
 import pg from 'pg';
-import { EXIT, StartupError } from '../lifecycle/errors.ts';
-import type { Logger } from '../log.ts';
+import { EXIT, StartupError } from '../kernel/exit-codes.ts';
+import type { Logger } from '../kernel/log.ts';
 import { connectClient } from './connect.ts';
 import { inspectLoginRole, roleSwitchNeeded } from './login-role.ts';
 import { migrationStatus } from './migrator.ts';

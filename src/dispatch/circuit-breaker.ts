@@ -1,5 +1,5 @@
 import type { CircuitSettings } from '../config/env.ts';
-import { DispatchAbortedError, PermanentDispatchError, RetryableDispatchError } from './errors.ts';
+import { DispatchAbortedError, PermanentDispatchError, RetryableDispatchError } from '../domain/dispatch-errors.ts';
 
 // A circuit breaker per sink, so a sink outage turns into waiting, not into spent
 // attempts and dead letters (ADR 0007). It lives in one process: each replica learns

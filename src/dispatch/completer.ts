@@ -1,11 +1,12 @@
 import type { Kysely } from 'kysely';
 import { isDataError, sqlState } from '../db/errors.ts';
-import { completeBatch, type Completion, type Outcome } from '../db/queries/outbox.ts';
+import { completeBatch, type Completion } from '../db/queries/outbox.ts';
+import type { Outcome } from '../domain/outcome.ts';
 import type { Database } from '../db/schema.ts';
-import type { Logger } from '../log.ts';
+import type { Logger } from '../kernel/log.ts';
 import type { DispatcherMetrics } from '../metrics/metrics.ts';
-import type { Heartbeat } from '../lifecycle/heartbeat.ts';
-import { reconnectDelayMs, sleep, type Service } from '../lifecycle/service.ts';
+import type { Heartbeat } from '../kernel/heartbeat.ts';
+import { reconnectDelayMs, sleep, type Service } from '../kernel/service.ts';
 
 export interface CompleterOptions {
   workerId: string;

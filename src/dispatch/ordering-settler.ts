@@ -1,8 +1,8 @@
 import type { Kysely } from 'kysely';
 import { settlePendingKeys } from '../db/queries/ordering.ts';
 import type { Database } from '../db/schema.ts';
-import { runPeriodically, type Service } from '../lifecycle/service.ts';
-import type { Logger } from '../log.ts';
+import { runPeriodically, type Service } from '../kernel/service.ts';
+import type { Logger } from '../kernel/log.ts';
 
 /**
  * Per-key ordering (ADR 0011): a head's completion never waits for a producer that holds its

@@ -1,8 +1,8 @@
 import type { Kysely } from 'kysely';
 import { rescueExpiredLeases, type RescueResult } from '../db/queries/outbox.ts';
 import type { Database } from '../db/schema.ts';
-import { runPeriodically, type Service } from '../lifecycle/service.ts';
-import type { Logger } from '../log.ts';
+import { runPeriodically, type Service } from '../kernel/service.ts';
+import type { Logger } from '../kernel/log.ts';
 import type { DispatcherMetrics } from '../metrics/metrics.ts';
 
 export interface RescuerOptions {

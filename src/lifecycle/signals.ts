@@ -1,5 +1,5 @@
-import type { Logger } from '../log.ts';
-import { EXIT } from './errors.ts';
+import type { Logger } from '../kernel/log.ts';
+import { EXIT } from '../kernel/exit-codes.ts';
 
 /**
  * First SIGTERM/SIGINT: graceful shutdown, then exit 0. A second signal exits at

@@ -1,8 +1,8 @@
 import crypto from 'node:crypto';
 import * as pgListen from 'pg-listen';
 import type { Subscriber } from 'pg-listen';
-import { reconnectDelayMs, sleep, type Service } from '../lifecycle/service.ts';
-import type { Logger } from '../log.ts';
+import { reconnectDelayMs, sleep, type Service } from '../kernel/service.ts';
+import type { Logger } from '../kernel/log.ts';
 import type { DispatcherMetrics } from '../metrics/metrics.ts';
 
 // pg-listen is CommonJS with an `exports.default`; loaders disagree on which layer

@@ -2,8 +2,8 @@ import type { Kysely } from 'kysely';
 import { sampleBacklog } from '../db/queries/backlog.ts';
 import { sampleBlockedKeys } from '../db/queries/ordering.ts';
 import type { Database } from '../db/schema.ts';
-import { runPeriodically, type Service } from '../lifecycle/service.ts';
-import type { Logger } from '../log.ts';
+import { runPeriodically, type Service } from '../kernel/service.ts';
+import type { Logger } from '../kernel/log.ts';
 import type { DispatcherMetrics } from './metrics.ts';
 
 /** Refreshes the backlog and lag gauges every `intervalMs` (bounded, index-only work). */

@@ -2,9 +2,9 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Registry } from 'prom-client';
 import { ConfigError } from '../config/errors.ts';
-import type { LivenessReport } from '../lifecycle/heartbeat.ts';
-import type { Service } from '../lifecycle/service.ts';
-import type { Logger } from '../log.ts';
+import type { LivenessReport } from '../kernel/heartbeat.ts';
+import type { Service } from '../kernel/service.ts';
+import type { Logger } from '../kernel/log.ts';
 
 export interface ReadinessReport {
   ready: boolean;

@@ -1,7 +1,7 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import { EVENT_TYPE_PATTERN } from '../config/routes.ts';
-import { DEAD_REASONS } from '../db/queries/outbox.ts';
-import { VERSION } from '../version.ts';
+import { EVENT_TYPE_PATTERN } from '../domain/event.ts';
+import { DEAD_REASONS } from '../domain/outcome.ts';
+import { VERSION } from '../kernel/version.ts';
 
 // Metric names are a public contract (alerts and dashboards use them): rename never,
 // add freely. The catalogue with meanings lives in README ("Metrics").

@@ -1,6 +1,6 @@
 import pg from 'pg';
 import * as cat from '../db/queries/adopt.ts';
-import type { Logger } from '../log.ts';
+import type { Logger } from '../kernel/log.ts';
 import { addMonthsUtc, isoDate, startOfMonthUtc } from './months.ts';
 import { parseTableRef, RegistryError } from './registry.ts';
 

@@ -1,8 +1,8 @@
 import cron, { type ScheduledTask } from 'node-cron';
 import type { Kysely } from 'kysely';
 import type { Database } from '../db/schema.ts';
-import type { Service } from '../lifecycle/service.ts';
-import type { Logger } from '../log.ts';
+import type { Service } from '../kernel/service.ts';
+import type { Logger } from '../kernel/log.ts';
 import type { PartitionMetrics } from '../metrics/partition-metrics.ts';
 import { PartitionRotator, type RotationReport } from './rotator.ts';
 import { partitionStatus } from './status.ts';

@@ -14,7 +14,7 @@ import {
   withLockTimeout,
   type PartitionRow,
 } from '../db/queries/partitions.ts';
-import type { Logger } from '../log.ts';
+import type { Logger } from '../kernel/log.ts';
 import { addMonthsUtc, isoDate, startOfMonthUtc } from './months.ts';
 import { loadRegistry, qualifiedName, type ManagedTable } from './registry.ts';
 

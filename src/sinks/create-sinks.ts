@@ -1,6 +1,6 @@
 import { ConfigError } from '../config/errors.ts';
 import type { Route } from '../config/routes.ts';
-import type { Logger } from '../log.ts';
+import type { Logger } from '../kernel/log.ts';
 import { HttpSink } from './http-sink.ts';
 import { LogSink } from './log-sink.ts';
 import { NatsSink } from './nats-sink.ts';

@@ -1,4 +1,4 @@
-import type { OutboxEvent } from '../dispatch/event.ts';
+import type { OutboxEvent } from '../domain/event.ts';
 
 /** What every sink delivers as the message body (public contract, see README). */
 export interface EventBody {

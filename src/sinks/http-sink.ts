@@ -2,10 +2,10 @@ import crypto from 'node:crypto';
 import http from 'node:http';
 import https from 'node:https';
 import type { HttpSinkConfig } from '../config/routes.ts';
-import type { OutboxEvent } from '../dispatch/event.ts';
-import { DispatchAbortedError, PermanentDispatchError, RetryableDispatchError } from '../dispatch/errors.ts';
+import type { OutboxEvent } from '../domain/event.ts';
+import { DispatchAbortedError, PermanentDispatchError, RetryableDispatchError } from '../domain/dispatch-errors.ts';
 import type { Sink, SinkContext } from './types.ts';
-import { VERSION } from '../version.ts';
+import { VERSION } from '../kernel/version.ts';
 
 import { SEQUENCE_HEADER, eventBody } from './event-body.ts';
 

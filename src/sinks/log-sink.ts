@@ -1,5 +1,5 @@
-import type { Logger } from '../log.ts';
-import type { OutboxEvent } from '../dispatch/event.ts';
+import type { Logger } from '../kernel/log.ts';
+import type { OutboxEvent } from '../domain/event.ts';
 import type { Sink } from './types.ts';
 
 /** Writes one log line per event (never the payload body). For demos and dry runs. */

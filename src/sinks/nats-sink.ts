@@ -1,8 +1,8 @@
 import { jetstream, type JetStreamClient } from '@nats-io/jetstream';
 import { connect, headers, type NatsConnection } from '@nats-io/transport-node';
 import type { NatsSinkConfig } from '../config/routes.ts';
-import type { OutboxEvent } from '../dispatch/event.ts';
-import { DispatchAbortedError, RetryableDispatchError } from '../dispatch/errors.ts';
+import type { OutboxEvent } from '../domain/event.ts';
+import { DispatchAbortedError, RetryableDispatchError } from '../domain/dispatch-errors.ts';
 import { SEQUENCE_HEADER, eventBody, renderTemplate } from './event-body.ts';
 import type { Sink, SinkContext } from './types.ts';
 

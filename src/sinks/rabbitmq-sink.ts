@@ -1,7 +1,7 @@
 import amqp from 'amqplib';
 import type { RabbitMqSinkConfig } from '../config/routes.ts';
-import type { OutboxEvent } from '../dispatch/event.ts';
-import { DispatchAbortedError, RetryableDispatchError } from '../dispatch/errors.ts';
+import type { OutboxEvent } from '../domain/event.ts';
+import { DispatchAbortedError, RetryableDispatchError } from '../domain/dispatch-errors.ts';
 import { SEQUENCE_HEADER, eventBody, renderTemplate } from './event-body.ts';
 import type { Sink, SinkContext } from './types.ts';
 

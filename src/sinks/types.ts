@@ -1,4 +1,4 @@
-import type { OutboxEvent } from '../dispatch/event.ts';
+import type { OutboxEvent } from '../domain/event.ts';
 import type { TenantTransaction } from '../tenancy/scope.ts';
 
 export interface SinkContext {

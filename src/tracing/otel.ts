@@ -12,8 +12,8 @@ import {
   type Sampler,
 } from '@opentelemetry/sdk-trace';
 import { ATTR_ERROR_TYPE, ATTR_SERVICE_NAME, ATTR_SERVICE_VERSION } from '@opentelemetry/semantic-conventions';
-import type { Logger } from '../log.ts';
-import { VERSION } from '../version.ts';
+import type { Logger } from '../kernel/log.ts';
+import { VERSION } from '../kernel/version.ts';
 import type { TracingSettings } from './settings.ts';
 import type { AttemptSpan, DeliveryAttempt, DispatchTracer } from './tracer.ts';
 

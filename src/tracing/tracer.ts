@@ -1,4 +1,4 @@
-import type { Logger } from '../log.ts';
+import type { Logger } from '../kernel/log.ts';
 import type { TracingSettings } from './settings.ts';
 
 /** One delivery attempt as the dispatcher sees it: what a dispatch span describes. */

@@ -7,7 +7,7 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { migrate } from '../../src/db/migrator.ts';
 import { ensureEmbeddedCluster, type EmbeddedCluster } from '../../src/embedded/cluster.ts';
-import { createLogger } from '../../src/log.ts';
+import { createLogger } from '../../src/kernel/log.ts';
 import { startReceiver, type Received } from '../support/http-receiver.ts';
 import { freePort } from '../support/ports.ts';
 

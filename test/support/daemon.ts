@@ -1,7 +1,7 @@
 import { loadEnvConfig } from '../../src/config/env.ts';
 import { compileRoutes, parseRoutes, type RoutesFileInput } from '../../src/config/routes.ts';
 import { Daemon } from '../../src/lifecycle/daemon.ts';
-import { createLogger } from '../../src/log.ts';
+import { createLogger } from '../../src/kernel/log.ts';
 import { createSinks } from '../../src/sinks/create-sinks.ts';
 import type { Sink } from '../../src/sinks/types.ts';
 import { tracingSettings } from '../../src/tracing/settings.ts';
@@ -46,8 +46,8 @@ export async function startDaemon(
 }
 
 /** A sink that records what it got and answers with `behaviour`. */
-export function recordingSink(name = 'test', behaviour: (e: import('../../src/dispatch/event.ts').OutboxEvent) => Promise<void> | void = () => {}) {
-  const calls: { event: import('../../src/dispatch/event.ts').OutboxEvent; start: number; end: number }[] = [];
+export function recordingSink(name = 'test', behaviour: (e: import('../../src/domain/event.ts').OutboxEvent) => Promise<void> | void = () => {}) {
+  const calls: { event: import('../../src/domain/event.ts').OutboxEvent; start: number; end: number }[] = [];
   const sink: Sink & { calls: typeof calls } = {
     name,
     type: 'test',

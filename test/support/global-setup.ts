@@ -6,7 +6,7 @@ import pg from 'pg';
 import type { TestProject } from 'vitest/node';
 import { migrate } from '../../src/db/migrator.ts';
 import { ensureEmbeddedCluster } from '../../src/embedded/cluster.ts';
-import { createLogger } from '../../src/log.ts';
+import { createLogger } from '../../src/kernel/log.ts';
 import { testRolesFor } from './roles.ts';
 import { freePort } from './ports.ts';
 

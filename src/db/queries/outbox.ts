@@ -1,6 +1,7 @@
 import { sql, type Kysely, type QueryCreator } from 'kysely';
 import type { Database, OutboxStatus } from '../schema.ts';
-import { safeText } from '../text.ts';
+import type { Outcome } from '../../domain/outcome.ts';
+import { safeText } from '../../domain/safe-text.ts';
 
 // The hot-path queries of the dispatcher: claim, complete, rescue. Each is one
 // statement; none holds a transaction open beyond itself.
@@ -75,20 +76,6 @@ export function claimStatement(args: ClaimArgs) {
     FROM outbox_dispatcher.claim_batch(${args.workerId}, ${args.limit}::int, ${Math.round(args.leaseMs)}::int,
       ${args.maxPayloadBytes}::int, ${args.after ?? null}::timestamptz)`;
 }
-
-/** Why an event was dead-lettered (a bounded metric label). */
-export const DEAD_REASONS = ['permanent', 'exhausted', 'unrouted', 'malformed', 'lease_expired'] as const;
-export type DeadReason = (typeof DEAD_REASONS)[number];
-
-export type Outcome =
-  | { kind: 'done' }
-  | { kind: 'retry'; delayMs: number; error: string }
-  | { kind: 'dead'; error: string; reason: DeadReason }
-  /**
-   * Not attempted (shutdown, lease too short, sink circuit open): back to pending, the
-   * claim's attempt not counted, due again after delayMs (default now).
-   */
-  | { kind: 'release'; delayMs?: number };
 
 export interface Completion {
   id: string;

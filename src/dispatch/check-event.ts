@@ -1,29 +1,7 @@
-import { EVENT_TYPE_PATTERN } from '../config/routes.ts';
+import { EVENT_TYPE_PATTERN, type OutboxEvent } from '../domain/event.ts';
 import { jsonbTextBytes } from '../db/pool.ts';
 import type { ClaimedRow } from '../db/queries/outbox.ts';
 import { checkHeaders, forwardedHeaders } from './headers.ts';
-
-/** What a sink is given: one event, already validated. */
-export interface OutboxEvent {
-  id: string;
-  restaurantId: string;
-  eventType: string;
-  payload: Record<string, unknown>;
-  createdAt: Date;
-  /** 1 on the first attempt. */
-  attempt: number;
-  dedupeKey: string | null;
-  idempotencyKey: string | null;
-  /**
-   * What sinks add to the message from the producer's headers column: traceparent and
-   * tracestate when valid, everything else as x-outbox-header-<name> (src/dispatch/headers.ts).
-   */
-  headers: Readonly<Record<string, string>>;
-  /** Present for keyed events: same tenant and key are delivered one at a time, in order. */
-  orderingKey: string | null;
-  /** Per key, strictly increasing in commit order (decimal string: a bigint). */
-  sequence: string | null;
-}
 
 export type EventCheck = { ok: true; event: OutboxEvent } | { ok: false; reason: string };
 

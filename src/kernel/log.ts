@@ -1,7 +1,9 @@
 import { pino, type Logger } from 'pino';
-import type { LogLevel } from './config/env.ts';
 
 export type { Logger };
+
+export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
 
 /** Paths pino blanks out wherever they appear in a log line. */
 const REDACT_PATHS = [
