@@ -11,7 +11,7 @@ import type { Database } from '../db/schema.ts';
 import { connectClient } from '../db/connect.ts';
 import type { EmbeddedCluster } from '../embedded/cluster.ts';
 import { prepareEmbedded } from '../embedded/bootstrap.ts';
-import { createLogger, type Logger } from '../kernel/log.ts';
+import { createLogger, isDebugLevel, type Logger } from '../kernel/log.ts';
 import { ConnectedAsError } from './errors.ts';
 
 export interface Connection {
@@ -66,7 +66,13 @@ async function reportingLogin<T>(url: string, work: () => Promise<T>): Promise<T
  * line), so JSON log lines (with error stacks) only appear with LOG_LEVEL=debug or trace.
  */
 export function cliLogger(config: EnvConfig): Logger {
-  return createLogger(config.logLevel === 'debug' || config.logLevel === 'trace' ? config.logLevel : 'silent');
+  return createLogger(isDebugLevel(config.logLevel) ? config.logLevel : 'silent');
+}
+
+/** What every operator command starts from: the validated settings and the quiet logger. */
+export function cliSettings(env: NodeJS.ProcessEnv): { config: EnvConfig; log: Logger } {
+  const config = loadEnvConfig(env);
+  return { config, log: cliLogger(config) };
 }
 
 /** Resolves the connection, runs `work` with a client, and cleans up (client, embedded cluster). */
@@ -97,8 +103,7 @@ export async function withClient<T>(
  * privileged login switches with a startup option, as the daemon does.
  */
 export async function withDatabase<T>(opts: { databaseUrl?: string }, env: NodeJS.ProcessEnv, work: (db: Kysely<Database>) => Promise<T>): Promise<T> {
-  const config = loadEnvConfig(env);
-  const log = cliLogger(config);
+  const { config, log } = cliSettings(env);
   const conn = await resolveConnection(config, log, { as: 'dispatcher', url: opts.databaseUrl });
   let db: Kysely<Database> | undefined;
   try {

@@ -1,8 +1,7 @@
 import pg from 'pg';
-import { loadEnvConfig } from '../config/env.ts';
+import { asProducer, insertEvents, pendingHolderOf } from '../db/queries/producer.ts';
 import { EXIT } from '../kernel/exit-codes.ts';
-import { asProducer } from '../tenancy/producer.ts';
-import { cliLogger, withClient } from './connection.ts';
+import { cliSettings, withClient } from './connection.ts';
 import { printJson } from './output.ts';
 import { UsageError, parseJsonObject, parseUuid } from './parse.ts';
 
@@ -34,8 +33,7 @@ export async function enqueueCommand(opts: EnqueueOptions, env: NodeJS.ProcessEn
   const count = opts.count === undefined ? 1 : Number(opts.count);
   if (!Number.isInteger(count) || count < 1 || count > 100_000) throw new UsageError('--count must be a whole number between 1 and 100000');
 
-  const config = loadEnvConfig(env);
-  const log = cliLogger(config);
+  const { config, log } = cliSettings(env);
   return withClient(config, log, { as: 'superuser', url: opts.databaseUrl, applicationName: 'outbox-dispatcher-enqueue' }, async (client) => {
     const result = await enqueue(client, { tenant, type: opts.type, payload, dedupeKey: opts.dedupeKey, idempotencyKey: opts.idempotencyKey, orderingKey: opts.orderingKey, count });
     if (opts.json) printJson(result);
@@ -52,24 +50,10 @@ export async function enqueue(
   e: { tenant: string; type: string; payload: object; dedupeKey?: string | undefined; idempotencyKey?: string | undefined; orderingKey?: string | undefined; count: number },
 ): Promise<EnqueueResult> {
   return asProducer(client, e.tenant, async () => {
-    const inserted = await client.query<{ id: string }>(
-      `INSERT INTO capacity_outbox (restaurant_id, event_type, payload, dedupe_key, idempotency_key, ordering_key)
-       SELECT $1::uuid, $2, $3::jsonb, $4, $5, $7 FROM generate_series(1, $6::int)
-       RETURNING id`,
-      [e.tenant, e.type, JSON.stringify(e.payload), e.dedupeKey ?? null, e.idempotencyKey ?? null, e.count, e.orderingKey ?? null],
-    );
-    const duplicates: EnqueueResult['duplicates'] = [];
-    const dropped = e.count - inserted.rowCount!;
-    if (dropped > 0) {
-      const holder = await client.query<{ id: string }>(
-        `SELECT id FROM capacity_outbox
-         WHERE restaurant_id = $1 AND event_type = $2 AND coalesce(dedupe_key, '') = coalesce($3, '')
-           AND coalesce(idempotency_key, '') = coalesce($4, '') AND status = 'pending'
-         LIMIT 1`,
-        [e.tenant, e.type, e.dedupeKey ?? null, e.idempotencyKey ?? null],
-      );
-      for (let i = 0; i < dropped; i++) duplicates.push({ activeEventId: holder.rows[0]?.id ?? null });
-    }
-    return { inserted: inserted.rows.map((r) => r.id), duplicates };
+    const event = { type: e.type, payload: e.payload, dedupeKey: e.dedupeKey, idempotencyKey: e.idempotencyKey, orderingKey: e.orderingKey };
+    const inserted = await insertEvents(client, e.tenant, Array.from({ length: e.count }, () => event));
+    const dropped = e.count - inserted.length;
+    const holder = dropped > 0 ? await pendingHolderOf(client, { tenant: e.tenant, ...event }) : null;
+    return { inserted, duplicates: Array.from({ length: dropped }, () => ({ activeEventId: holder })) };
   });
 }

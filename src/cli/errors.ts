@@ -3,6 +3,7 @@ import { ConfigError } from '../config/errors.ts';
 import { databaseFailure } from '../db/errors.ts';
 import { MigrationError } from '../db/migrator.ts';
 import { EXIT, StartupError } from '../kernel/exit-codes.ts';
+import { isDebugLevel } from '../kernel/log.ts';
 import { AdoptError } from '../partitions/adopt.ts';
 import { RegistryError } from '../partitions/registry.ts';
 import { loginAdvice, type LoginKind } from './logins.ts';
@@ -83,7 +84,6 @@ export function describeFailure(err: unknown, ctx: CommandContext, env: NodeJS.P
   if (err instanceof Error && typeof sys.code === 'string' && typeof sys.syscall === 'string') return said(EXIT.FAILURE, err.message);
 
   const message = err instanceof Error ? err.message || err.name : String(err);
-  const debug = env.LOG_LEVEL === 'debug' || env.LOG_LEVEL === 'trace';
-  if (debug && err instanceof Error && err.stack) return { exitCode: EXIT.FAILURE, message: `${where}${err.stack}` };
+  if (isDebugLevel(env.LOG_LEVEL) && err instanceof Error && err.stack) return { exitCode: EXIT.FAILURE, message: `${where}${err.stack}` };
   return said(EXIT.FAILURE, `${message} (unexpected; LOG_LEVEL=debug prints the stack trace)`);
 }

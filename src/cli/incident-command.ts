@@ -1,7 +1,6 @@
-import { loadEnvConfig } from '../config/env.ts';
 import { EXIT } from '../kernel/exit-codes.ts';
 import * as incidents from '../incidents/scenarios.ts';
-import { cliLogger, withClient } from './connection.ts';
+import { cliSettings, withClient } from './connection.ts';
 import { UsageError, parsePositiveInt, parseTypePattern, parseUuid } from './parse.ts';
 
 export const SCENARIOS = ['sink-outage', 'poison', 'backlog', 'dispatcher-down', 'runway-low', 'claim-latency'] as const;
@@ -48,8 +47,7 @@ export async function incidentCommand(scenario: string, opts: IncidentOptions, e
     return EXIT.OK;
   }
 
-  const config = loadEnvConfig(env);
-  const log = cliLogger(config);
+  const { config, log } = cliSettings(env);
   // Poison goes through the producer path; the others need the table owner.
   const url = opts.databaseUrl ?? (scenario === 'poison' ? undefined : config.migrationDatabaseUrl);
   await withClient(config, log, { as: 'superuser', url, applicationName: `outbox-incident-${scenario}` }, async (client) => {

@@ -1,7 +1,6 @@
-import { loadEnvConfig } from '../config/env.ts';
 import { loadMigrations, migrate, migrationStatus } from '../db/migrator.ts';
 import { EXIT } from '../kernel/exit-codes.ts';
-import { assertSessionConnection, cliLogger, withClient } from './connection.ts';
+import { assertSessionConnection, cliSettings, withClient } from './connection.ts';
 import { printJson, table } from './output.ts';
 
 export interface MigrateOptions {
@@ -12,8 +11,7 @@ export interface MigrateOptions {
 
 /** Applies pending migrations (or reports them with --status; exit 79 when behind). */
 export async function migrateCommand(opts: MigrateOptions, env: NodeJS.ProcessEnv = process.env): Promise<number> {
-  const config = loadEnvConfig(env);
-  const log = cliLogger(config);
+  const { config, log } = cliSettings(env);
   const url = opts.databaseUrl ?? config.migrationDatabaseUrl;
   return withClient(config, log, { as: 'superuser', url, applicationName: 'outbox-dispatcher-migrate' }, async (client, connectionString) => {
     const migrations = loadMigrations();

@@ -1,10 +1,9 @@
-import { loadEnvConfig } from '../config/env.ts';
 import { EXIT } from '../kernel/exit-codes.ts';
 import { adoptTable } from '../partitions/adopt.ts';
 import { parseTableRef } from '../partitions/registry.ts';
 import { PartitionRotator, rotationDeferred, rotationFailed } from '../partitions/rotator.ts';
 import { partitionStatus } from '../partitions/status.ts';
-import { assertSessionConnection, cliLogger, withClient, withDatabase } from './connection.ts';
+import { assertSessionConnection, cliSettings, withClient, withDatabase } from './connection.ts';
 import { parsePositiveInt } from './parse.ts';
 import { printJson, table } from './output.ts';
 
@@ -65,8 +64,7 @@ export async function partitionsStatusCommand(opts: PartitionsOptions, env: Node
 }
 
 export async function partitionsRotateCommand(opts: PartitionsOptions & { dryRun?: boolean }, env: NodeJS.ProcessEnv = process.env): Promise<number> {
-  const config = loadEnvConfig(env);
-  const log = cliLogger(config);
+  const { config, log } = cliSettings(env);
   const report = await withDatabase(opts, env, (db) =>
     new PartitionRotator(db, log, undefined, { lockTimeoutMs: config.partitions.lockTimeoutMs }).runOnce({ table: opts.table, dryRun: opts.dryRun }),
   );
@@ -98,8 +96,7 @@ export async function partitionsAdoptCommand(
 ): Promise<number> {
   parseTableRef(opts.table);
   const batchSize = opts.batchSize === undefined ? undefined : parsePositiveInt('--batch-size', opts.batchSize, 1_000_000);
-  const config = loadEnvConfig(env);
-  const log = cliLogger(config);
+  const { config, log } = cliSettings(env);
   const url = opts.databaseUrl ?? config.migrationDatabaseUrl;
   const result = await withClient(config, log, { as: 'superuser', url, applicationName: 'outbox-dispatcher-adopt' }, async (client, connectionString) => {
     await assertSessionConnection(client, connectionString, { flagUrl: opts.databaseUrl, config });

@@ -1,7 +1,8 @@
 import http from 'node:http';
 import pg from 'pg';
 import { sleep } from '../kernel/service.ts';
-import { asProducer } from '../tenancy/producer.ts';
+import { dropIfEmpty, futurePartitions, holdOutboxLock, insertOverdueEvents } from '../db/queries/incidents.ts';
+import { asProducer, insertEvents } from '../db/queries/producer.ts';
 
 // Synthetic incidents for staging: each provokes the condition one alert watches, so
 // on-call can prove alerting end to end. They act on a database you point them at and
@@ -13,16 +14,11 @@ export interface IncidentOutput {
 
 /** Poison events: payloads that are JSON arrays, which the dispatcher dead-letters as malformed. */
 export async function poisonEvents(client: pg.ClientBase, opts: { tenant: string; count: number; type: string }, out: IncidentOutput): Promise<string[]> {
-  const r = await asProducer(client, opts.tenant, () =>
-    client.query<{ id: string }>(
-      `INSERT INTO capacity_outbox (restaurant_id, event_type, payload)
-       SELECT $1::uuid, $2, jsonb_build_array('incident', g) FROM generate_series(1, $3::int) g RETURNING id`,
-      [opts.tenant, opts.type, opts.count],
-    ),
-  );
-  out.say(`inserted ${r.rowCount} poison events (type ${opts.type}, tenant ${opts.tenant}); expect OutboxDeadLettersIncreasing`);
+  const events = Array.from({ length: opts.count }, (_, i) => ({ type: opts.type, payload: ['incident', i + 1] }));
+  const ids = await asProducer(client, opts.tenant, () => insertEvents(client, opts.tenant, events));
+  out.say(`inserted ${ids.length} poison events (type ${opts.type}, tenant ${opts.tenant}); expect OutboxDeadLettersIncreasing`);
   out.say(`undo: they end dead; leave them (replay would dead-letter them again)`);
-  return r.rows.map((x) => x.id);
+  return ids;
 }
 
 /**
@@ -34,15 +30,10 @@ export async function backlogSurge(
   opts: { tenant: string; count: number; type: string; ageSeconds: number },
   out: IncidentOutput,
 ): Promise<number> {
-  const r = await client.query(
-    `INSERT INTO capacity_outbox (restaurant_id, event_type, payload, next_attempt_at)
-     SELECT $1::uuid, $2, jsonb_build_object('incident', 'backlog', 'n', g), now() - $4::int * interval '1 second'
-     FROM generate_series(1, $3::int) g`,
-    [opts.tenant, opts.type, opts.count, opts.ageSeconds],
-  );
-  out.say(`inserted ${r.rowCount} events overdue by ${opts.ageSeconds} s (type ${opts.type}); expect OutboxLagObjectiveBreached (and OutboxBacklogGrowing above 1000)`);
+  const n = await insertOverdueEvents(client, opts);
+  out.say(`inserted ${n} events overdue by ${opts.ageSeconds} s (type ${opts.type}); expect OutboxLagObjectiveBreached (and OutboxBacklogGrowing above 1000)`);
   out.say(`undo: let the dispatchers drain them, or as the owner: DELETE FROM capacity_outbox WHERE event_type = '${opts.type}' AND status = 'pending';`);
-  return r.rowCount ?? 0;
+  return n;
 }
 
 /** Claim latency: repeatedly holds a table lock that the claim's UPDATE must wait for. Owner only. */
@@ -51,10 +42,7 @@ export async function claimLatency(client: pg.ClientBase, opts: { durationMs: nu
   const end = Date.now() + opts.durationMs;
   let rounds = 0;
   while (Date.now() < end && !signal?.aborted) {
-    await client.query('BEGIN');
-    await client.query('LOCK TABLE capacity_outbox IN EXCLUSIVE MODE');
-    await sleep(opts.holdMs, signal);
-    await client.query('COMMIT');
+    await holdOutboxLock(client, opts.holdMs, signal);
     rounds++;
     await sleep(Math.max(5, Math.round(opts.holdMs / 4)), signal);
   }
@@ -64,19 +52,10 @@ export async function claimLatency(client: pg.ClientBase, opts: { durationMs: nu
 
 /** Runway low: drops empty future partitions of capacity_outbox. Owner only; refuses non-empty ones. */
 export async function runwayLow(client: pg.ClientBase, out: IncidentOutput): Promise<string[]> {
-  const { rows } = await client.query<{ name: string }>(
-    `SELECT partition_name AS name FROM outbox_dispatcher.partition_report('capacity_outbox')
-     WHERE NOT is_default AND lower_bound > now() ORDER BY lower_bound`,
-  );
   const dropped: string[] = [];
-  for (const { name } of rows) {
-    const n = await client.query<{ n: string }>(`SELECT count(*) AS n FROM ${pg.escapeIdentifier(name)}`);
-    if (Number(n.rows[0]!.n) > 0) {
-      out.say(`kept ${name}: it holds rows`);
-      continue;
-    }
-    await client.query(`DROP TABLE ${pg.escapeIdentifier(name)}`);
-    dropped.push(name);
+  for (const name of await futurePartitions(client)) {
+    if (await dropIfEmpty(client, name)) dropped.push(name);
+    else out.say(`kept ${name}: it holds rows`);
   }
   out.say(`dropped empty future partitions: ${dropped.join(', ') || '(none)'}; expect OutboxPartitionRunwayLow after the next rotation-free hour`);
   out.say('undo: outbox-dispatcher partitions rotate');

@@ -5,6 +5,11 @@ export type { Logger };
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];
 
+/** Levels at which operators asked for detail: the CLI then prints log lines and stack traces. */
+export function isDebugLevel(level: string | undefined): boolean {
+  return level === 'debug' || level === 'trace';
+}
+
 /** Paths pino blanks out wherever they appear in a log line. */
 const REDACT_PATHS = [
   'password',

@@ -3,6 +3,7 @@ import { Kysely } from 'kysely';
 import pg from 'pg';
 import { inject } from 'vitest';
 import { createKysely, createPool } from '../../src/db/pool.ts';
+import { asProducer, insertEvents } from '../../src/db/queries/producer.ts';
 import type { Database } from '../../src/db/schema.ts';
 import { TEST_ROLES } from './roles.ts';
 
@@ -91,19 +92,7 @@ export async function produce(url: string, tenant: string, events: ProducedEvent
   const c = new pg.Client({ connectionString: url });
   await c.connect();
   try {
-    await c.query('BEGIN');
-    await c.query('SELECT public.set_restaurant_context($1)', [tenant]);
-    const ids: string[] = [];
-    for (const e of events) {
-      const r = await c.query<{ id: string }>(
-        `INSERT INTO capacity_outbox (restaurant_id, event_type, payload, dedupe_key, idempotency_key, headers, ordering_key)
-         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id`,
-        [tenant, e.type, JSON.stringify(e.payload ?? {}), e.dedupeKey ?? null, e.idempotencyKey ?? null, e.headers === undefined ? null : JSON.stringify(e.headers), e.orderingKey ?? null],
-      );
-      ids.push(...r.rows.map((row) => row.id));
-    }
-    await c.query('COMMIT');
-    return ids;
+    return await asProducer(c, tenant, () => insertEvents(c, tenant, events));
   } finally {
     await c.end();
   }
