@@ -1,7 +1,7 @@
 import type { Kysely } from 'kysely';
 import { settlePendingKeys } from '../db/queries/ordering.ts';
 import type { Database } from '../db/schema.ts';
-import { runPeriodically, type Service } from '../kernel/service.ts';
+import { everyMs, PeriodicService } from '../kernel/periodic-service.ts';
 import type { Logger } from '../kernel/log.ts';
 
 /**
@@ -9,24 +9,17 @@ import type { Logger } from '../kernel/log.ts';
  * key's lock; it leaves the key to be settled. This loop promotes those keys' next events once
  * the producers have committed. Idle, it costs one probe of a near-empty table per interval.
  */
-export class OrderingSettler implements Service {
+export class OrderingSettler extends PeriodicService<number> {
   readonly name = 'ordering-settler';
   readonly #db: Kysely<Database>;
   readonly #log: Logger;
-  readonly #intervalMs: number;
   readonly #onSettled: () => void;
-  readonly #stop = new AbortController();
-  #loop: Promise<void> | undefined;
 
   constructor(db: Kysely<Database>, log: Logger, opts: { intervalMs: number; onSettled: () => void }) {
+    super(everyMs(opts.intervalMs));
     this.#db = db;
     this.#log = log.child({ component: 'ordering-settler' });
-    this.#intervalMs = opts.intervalMs;
     this.#onSettled = opts.onSettled;
-  }
-
-  async start(): Promise<void> {
-    this.#loop ??= this.#run();
   }
 
   /** Settles what it can now; returns how many keys moved on. */
@@ -36,14 +29,7 @@ export class OrderingSettler implements Service {
     return n;
   }
 
-  #run(): Promise<void> {
-    return runPeriodically(this.#stop.signal, this.#intervalMs, () => this.runOnce(), (err) =>
-      this.#log.warn({ err }, 'settling ordering keys failed; retrying next interval'),
-    );
-  }
-
-  async stop(): Promise<void> {
-    this.#stop.abort();
-    await this.#loop;
+  protected onError(err: unknown): void {
+    this.#log.warn({ err }, 'settling ordering keys failed; retrying next interval');
   }
 }

@@ -1,7 +1,7 @@
 import type { Kysely } from 'kysely';
 import { rescueExpiredLeases, type RescueResult } from '../db/queries/outbox.ts';
 import type { Database } from '../db/schema.ts';
-import { runPeriodically, type Service } from '../kernel/service.ts';
+import { everyMs, PeriodicService } from '../kernel/periodic-service.ts';
 import type { Logger } from '../kernel/log.ts';
 import type { DispatcherMetrics } from '../metrics/metrics.ts';
 
@@ -22,24 +22,19 @@ export interface RescuerOptions {
  * Every replica runs it: the statement uses SKIP LOCKED and re-checks the lease,
  * so concurrent rescuers never double-handle an event and need no leader.
  */
-export class LeaseRescuer implements Service {
+export class LeaseRescuer extends PeriodicService<RescueResult> {
   readonly name = 'lease-rescuer';
   readonly #db: Kysely<Database>;
   readonly #log: Logger;
   readonly #metrics: DispatcherMetrics;
   readonly #opts: RescuerOptions;
-  readonly #stop = new AbortController();
-  #loop: Promise<void> | undefined;
 
   constructor(db: Kysely<Database>, log: Logger, metrics: DispatcherMetrics, opts: RescuerOptions) {
+    super(everyMs(opts.intervalMs));
     this.#db = db;
     this.#log = log.child({ component: 'lease-rescuer' });
     this.#metrics = metrics;
     this.#opts = opts;
-  }
-
-  async start(): Promise<void> {
-    this.#loop ??= this.#run();
   }
 
   /** One pass: rescues every expired lease (in batches) and reports counts. */
@@ -69,14 +64,7 @@ export class LeaseRescuer implements Service {
     return total;
   }
 
-  #run(): Promise<void> {
-    return runPeriodically(this.#stop.signal, this.#opts.intervalMs, () => this.runOnce(), (err) =>
-      this.#log.error({ err }, 'lease rescue failed; retrying next interval'),
-    );
-  }
-
-  async stop(): Promise<void> {
-    this.#stop.abort();
-    await this.#loop;
+  protected onError(err: unknown): void {
+    this.#log.error({ err }, 'lease rescue failed; retrying next interval');
   }
 }

@@ -8,6 +8,26 @@ export interface Service {
   stop(): Promise<void>;
 }
 
+/**
+ * A Service from start and stop steps, with the contract's guarantees: each step runs at
+ * most once and concurrent calls share it. stop() waits for a start under way; stop()
+ * before start() still runs the stop step (it releases what the constructor opened: a pool,
+ * sinks) and start() never runs after it.
+ */
+export function serviceOf(name: string, steps: { start?: () => Promise<void>; stop?: () => Promise<void> }): Service {
+  let started: Promise<void> | undefined;
+  let stopped: Promise<void> | undefined;
+  return {
+    name,
+    start: () => (stopped ? Promise.resolve() : (started ??= (steps.start?.() ?? Promise.resolve()))),
+    stop: () =>
+      (stopped ??= (async () => {
+        await started?.catch(() => undefined);
+        await steps.stop?.();
+      })()),
+  };
+}
+
 /** Resolves after `ms`, or at once when `signal` aborts. */
 export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve) => {
@@ -30,22 +50,4 @@ export function jitter(ms: number, spread = 0.2, random: () => number = Math.ran
 /** Capped exponential backoff with jitter for reconnect and error loops. */
 export function reconnectDelayMs(attempt: number, baseMs = 250, maxMs = 30_000): number {
   return jitter(Math.min(maxMs, baseMs * 2 ** Math.min(attempt, 20)), 0.5);
-}
-
-/** Calls `tick` every `intervalMs` (jittered) until `signal` aborts; a failed tick goes to `onError`. */
-export async function runPeriodically(
-  signal: AbortSignal,
-  intervalMs: number,
-  tick: () => Promise<unknown>,
-  onError: (err: unknown) => void,
-  spread = 0.2,
-): Promise<void> {
-  while (!signal.aborted) {
-    try {
-      await tick();
-    } catch (err) {
-      onError(err);
-    }
-    await sleep(jitter(intervalMs, spread), signal);
-  }
 }

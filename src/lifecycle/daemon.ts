@@ -23,7 +23,7 @@ import { TenantScope } from '../tenancy/scope.ts';
 import type { TracingSettings } from '../tracing/settings.ts';
 import { startTracing, type DispatchTracer } from '../tracing/tracer.ts';
 import { claimLoopBoundMs, completerBoundMs, Heartbeat, Watchdog } from '../kernel/heartbeat.ts';
-import { sleep } from '../kernel/service.ts';
+import { serviceOf, sleep, type Service } from '../kernel/service.ts';
 
 /** How long shutdown waits for connections to close before leaving them to process exit. */
 const CLOSE_BOUND_MS = 5000;
@@ -47,12 +47,12 @@ export interface DaemonOptions {
 }
 
 /**
- * Composes the long-lived services. Start order: ops server, completer, dispatcher,
- * rescuer, listener, partition maintenance, backlog sampler (tracing is set up before the
- * dispatcher starts). Stop order (fixed): listener, rescuer, partition maintenance and
- * backlog sampler (no more wake-ups, DDL or sampling), dispatcher (stop claiming, drain,
- * release), completer (final flush), sinks, tracer provider (export the last spans), ops
- * server (scrapable while draining), pool.
+ * The composition root of the running daemon: builds the long-lived services and declares,
+ * once, the order they stop in (`stages`, first to last); they start in the reverse order.
+ * Stop order: listener, rescuer, ordering settler, partition maintenance and backlog sampler
+ * together (no more wake-ups, DDL or sampling), dispatcher (stop claiming, drain, release),
+ * completer (final flush), sinks, tracer provider (export the last spans), ops server
+ * (scrapable while draining), pool.
  */
 export class Daemon {
   readonly pool: pg.Pool;
@@ -70,9 +70,12 @@ export class Daemon {
   readonly backlog: BacklogSampler | undefined;
   /** What /healthz checks: the claim loop and the completer keep making progress. */
   readonly watchdog = new Watchdog();
+  /** Stop order, first stage to last; services in one stage stop together. Start runs it backwards. */
+  readonly stages: readonly (readonly Service[])[];
   readonly #opts: DaemonOptions;
   readonly #log: Logger;
   #stopping: Promise<void> | undefined;
+  #starting: Promise<void> | undefined;
   #tracer: DispatchTracer | undefined;
 
   #circuits(settings: CircuitSettings, sinkNames: Iterable<string>): SinkCircuits {
@@ -153,21 +156,45 @@ export class Daemon {
       { host: config.metrics.host, port: config.metrics.port, registry: this.metrics.registry, readiness: () => this.readiness(), liveness: () => this.watchdog.check() },
       log,
     );
+    // Every step that talks to PostgreSQL is bounded: statements by the query timeout, and
+    // closing connections (which waits for the server's goodbye, never sent on a black-holed
+    // path) by CLOSE_BOUND_MS. Shutdown never hangs on the database.
+    this.stages = [
+      [this.rescuer, this.orderingSettler, this.#bounded(this.listener), ...(this.partitions ? [this.partitions] : []), ...(this.backlog ? [this.backlog] : [])],
+      [this.dispatcher],
+      [this.completer],
+      [serviceOf('sinks', { stop: async () => void (await Promise.all([...opts.sinks.values()].map((s) => s.close?.().catch(() => undefined)))) })],
+      // Spans end with their attempts, so all are buffered once the dispatcher has drained; an
+      // unreachable collector cannot hold shutdown up.
+      [
+        this.#bounded(
+          serviceOf('tracer provider', {
+            start: async () => {
+              if (!opts.tracing) return;
+              this.#tracer = await startTracing(opts.tracing, log);
+              this.dispatcher.traceWith(this.#tracer);
+            },
+            stop: async () => this.#tracer?.shutdown(),
+          }),
+        ),
+      ],
+      [this.server],
+      [this.#bounded(serviceOf('database pool', { stop: () => this.db.destroy() }))],
+    ];
   }
 
-  async start(): Promise<void> {
-    await this.server.start();
-    await this.completer.start();
-    if (this.#opts.tracing) {
-      this.#tracer = await startTracing(this.#opts.tracing, this.#log);
-      this.dispatcher.traceWith(this.#tracer);
-    }
-    await this.dispatcher.start();
-    await this.rescuer.start();
-    await this.orderingSettler.start();
-    await this.listener.start();
-    await this.partitions?.start();
-    await this.backlog?.start();
+  /** Every service, in start order. */
+  get services(): Service[] {
+    return this.stages.toReversed().flat();
+  }
+
+  start(): Promise<void> {
+    this.#starting ??= this.#start();
+    return this.#starting;
+  }
+
+  async #start(): Promise<void> {
+    for (const service of this.services) await service.start();
     const d = this.#opts.config.dispatch;
     this.#log.info(
       {
@@ -205,29 +232,21 @@ export class Daemon {
 
   async #stop(): Promise<void> {
     this.#log.info('shutting down: no new claims');
-    // Every step that talks to PostgreSQL is bounded: statements by the query timeout, and
-    // closing connections (which waits for the server's goodbye, never sent on a black-holed
-    // path) by CLOSE_BOUND_MS. Shutdown never hangs on the database.
-    await Promise.all([
-      this.#bounded('listener', this.listener.stop()),
-      this.rescuer.stop(),
-      this.orderingSettler.stop(),
-      this.partitions?.stop(),
-      this.backlog?.stop(),
-    ]);
-    await this.dispatcher.stop();
-    await this.completer.stop();
-    await Promise.all([...this.#opts.sinks.values()].map((s) => s.close?.().catch(() => undefined)));
-    // Spans end with their attempts, so all are buffered once the dispatcher has drained; an
-    // unreachable collector cannot hold shutdown up.
-    if (this.#tracer) await this.#bounded('tracer provider', this.#tracer.shutdown());
-    await this.server.stop();
-    await this.#bounded('database pool', this.db.destroy());
+    await this.#starting?.catch(() => undefined);
+    for (const stage of this.stages) await Promise.all(stage.map((service) => service.stop()));
     this.#log.info('shutdown complete');
   }
 
-  async #bounded(what: string, work: Promise<unknown>): Promise<void> {
-    const done = await Promise.race([work.then(() => true, () => true), sleep(CLOSE_BOUND_MS).then(() => false)]);
-    if (!done) this.#log.warn({ waitedMs: CLOSE_BOUND_MS }, `closing the ${what} did not finish; leaving it to process exit`);
+  /** `service` whose stop() gives up waiting after CLOSE_BOUND_MS (its work is left to process exit). */
+  #bounded(service: Service): Service {
+    const log = this.#log;
+    return {
+      name: service.name,
+      start: () => service.start(),
+      async stop() {
+        const done = await Promise.race([service.stop().then(() => true, () => true), sleep(CLOSE_BOUND_MS).then(() => false)]);
+        if (!done) log.warn({ waitedMs: CLOSE_BOUND_MS }, `closing the ${service.name} did not finish; leaving it to process exit`);
+      },
+    };
   }
 }

@@ -2,31 +2,24 @@ import type { Kysely } from 'kysely';
 import { sampleBacklog } from '../db/queries/backlog.ts';
 import { sampleBlockedKeys } from '../db/queries/ordering.ts';
 import type { Database } from '../db/schema.ts';
-import { runPeriodically, type Service } from '../kernel/service.ts';
+import { everyMs, PeriodicService } from '../kernel/periodic-service.ts';
 import type { Logger } from '../kernel/log.ts';
 import type { DispatcherMetrics } from './metrics.ts';
 
 /** Refreshes the backlog and lag gauges every `intervalMs` (bounded, index-only work). */
-export class BacklogSampler implements Service {
+export class BacklogSampler extends PeriodicService<void> {
   readonly name = 'backlog-sampler';
   readonly #db: Kysely<Database>;
   readonly #log: Logger;
   readonly #metrics: DispatcherMetrics;
-  readonly #intervalMs: number;
   readonly #cap: number;
-  readonly #stop = new AbortController();
-  #loop: Promise<void> | undefined;
 
   constructor(db: Kysely<Database>, log: Logger, metrics: DispatcherMetrics, opts: { intervalMs: number; cap: number }) {
+    super(everyMs(opts.intervalMs, 0.1));
     this.#db = db;
     this.#log = log.child({ component: 'backlog-sampler' });
     this.#metrics = metrics;
-    this.#intervalMs = opts.intervalMs;
     this.#cap = opts.cap;
-  }
-
-  async start(): Promise<void> {
-    this.#loop ??= this.#run();
   }
 
   async runOnce(): Promise<void> {
@@ -38,21 +31,8 @@ export class BacklogSampler implements Service {
     this.#metrics.orderingOldestBlocked.set(blocked.oldestSeconds);
   }
 
-  #run(): Promise<void> {
-    return runPeriodically(
-      this.#stop.signal,
-      this.#intervalMs,
-      () => this.runOnce(),
-      (err) => {
-        this.#metrics.backlogSampleErrors.inc();
-        this.#log.warn({ err }, 'sampling the backlog failed');
-      },
-      0.1,
-    );
-  }
-
-  async stop(): Promise<void> {
-    this.#stop.abort();
-    await this.#loop;
+  protected onError(err: unknown): void {
+    this.#metrics.backlogSampleErrors.inc();
+    this.#log.warn({ err }, 'sampling the backlog failed');
   }
 }

@@ -27,6 +27,8 @@ export class OpsServer implements Service {
   readonly #opts: OpsServerOptions;
   readonly #log: Logger;
   #server: http.Server | undefined;
+  #starting: Promise<void> | undefined;
+  #stopping: Promise<void> | undefined;
 
   constructor(opts: OpsServerOptions, log: Logger) {
     this.#opts = opts;
@@ -38,8 +40,13 @@ export class OpsServer implements Service {
     return (this.#server?.address() as AddressInfo | null)?.port;
   }
 
-  async start(): Promise<void> {
-    if (this.#server) return;
+  start(): Promise<void> {
+    if (this.#stopping) return Promise.resolve();
+    this.#starting ??= this.#listen();
+    return this.#starting;
+  }
+
+  async #listen(): Promise<void> {
     const server = http.createServer((req, res) => {
       this.#handle(req, res).catch((err: unknown) => {
         this.#log.error({ err, path: req.url }, 'ops endpoint failed');
@@ -98,7 +105,14 @@ export class OpsServer implements Service {
     }
   }
 
-  async stop(): Promise<void> {
+  stop(): Promise<void> {
+    this.#stopping ??= this.#close();
+    return this.#stopping;
+  }
+
+  /** Waits for a listen under way (closing a server that is not listening yet would leave it open). */
+  async #close(): Promise<void> {
+    await this.#starting?.catch(() => undefined);
     const server = this.#server;
     if (!server) return;
     this.#server = undefined;

@@ -1,7 +1,6 @@
-import cron, { type ScheduledTask } from 'node-cron';
 import type { Kysely } from 'kysely';
 import type { Database } from '../db/schema.ts';
-import type { Service } from '../kernel/service.ts';
+import { onCron, PeriodicService } from '../kernel/periodic-service.ts';
 import type { Logger } from '../kernel/log.ts';
 import type { PartitionMetrics } from '../metrics/partition-metrics.ts';
 import { PartitionRotator, type RotationReport } from './rotator.ts';
@@ -19,18 +18,16 @@ export interface MaintenanceOptions {
  * Runs partition rotation at start-up and on a cron schedule. Every replica schedules
  * it; the rotator's lease lets one work while the others only refresh metrics.
  */
-export class PartitionMaintenance implements Service {
+export class PartitionMaintenance extends PeriodicService<RotationReport> {
   readonly name = 'partition-maintenance';
   readonly #db: Kysely<Database>;
   readonly #log: Logger;
   readonly #metrics: PartitionMetrics;
   readonly #opts: MaintenanceOptions;
   readonly #rotator: PartitionRotator;
-  #task: ScheduledTask | undefined;
-  #running: Promise<unknown> | undefined;
-  #stopped = false;
 
   constructor(db: Kysely<Database>, log: Logger, metrics: PartitionMetrics, opts: MaintenanceOptions) {
+    super(onCron(opts.cron, 'partition-rotation'));
     this.#db = db;
     this.#log = log.child({ component: 'partition-maintenance' });
     this.#metrics = metrics;
@@ -38,18 +35,8 @@ export class PartitionMaintenance implements Service {
     this.#rotator = new PartitionRotator(db, log, opts.now, { lockTimeoutMs: opts.lockTimeoutMs });
   }
 
-  async start(): Promise<void> {
-    if (this.#task || this.#stopped) return;
-    this.#task = cron.schedule(this.#opts.cron, () => this.#tick(), { timezone: 'UTC', name: 'partition-rotation', noOverlap: true });
-    void this.#tick();
-  }
-
-  #tick(): Promise<unknown> {
-    if (this.#stopped) return Promise.resolve();
-    this.#running ??= this.runOnce()
-      .catch((err: unknown) => this.#log.error({ err }, 'partition rotation failed'))
-      .finally(() => (this.#running = undefined));
-    return this.#running;
+  protected onError(err: unknown): void {
+    this.#log.error({ err }, 'partition rotation failed');
   }
 
   /** One rotation, with metrics updated from its outcome. */
@@ -88,12 +75,5 @@ export class PartitionMaintenance implements Service {
       this.#metrics.defaultRows.set({ table: s.table }, s.defaultRows);
       this.#metrics.retirementBlocked.set({ table: s.table }, s.partitions.filter((p) => p.retention === 'blocked').length);
     }
-  }
-
-  async stop(): Promise<void> {
-    this.#stopped = true;
-    await this.#task?.stop();
-    await this.#task?.destroy();
-    await this.#running;
   }
 }

@@ -13,18 +13,24 @@ export const NOOP_ROUTES: RoutesFileInput = { routes: [{ match: '*', sink: { typ
  * An in-process daemon on the test database, connected as the worker login role.
  * `sinks` replaces the sink instances the routes file would build, by sink name.
  */
-export async function startDaemon(
-  db: TestDatabase,
-  opts: {
-    routes?: RoutesFileInput;
-    env?: Record<string, string>;
-    sinks?: Record<string, Sink>;
-    /** The daemon's DATABASE_URL (default: the worker login, direct). */
-    connectionString?: string;
-    /** OUTBOX_LISTEN_URL. */
-    listenUrl?: string;
-  } = {},
-): Promise<Daemon> {
+export async function startDaemon(db: TestDatabase, opts: DaemonTestOptions = {}): Promise<Daemon> {
+  const daemon = createDaemon(db, opts);
+  await daemon.start();
+  return daemon;
+}
+
+export interface DaemonTestOptions {
+  routes?: RoutesFileInput;
+  env?: Record<string, string>;
+  sinks?: Record<string, Sink>;
+  /** The daemon's DATABASE_URL (default: the worker login, direct). */
+  connectionString?: string;
+  /** OUTBOX_LISTEN_URL. */
+  listenUrl?: string;
+}
+
+/** The daemon startDaemon starts, not started. */
+export function createDaemon(db: TestDatabase, opts: DaemonTestOptions = {}): Daemon {
   const config = loadEnvConfig({
     METRICS_PORT: '0',
     METRICS_HOST: '127.0.0.1',
@@ -40,9 +46,7 @@ export async function startDaemon(
   const log = createLogger(config.logLevel);
   const sinks = createSinks(routes, log, {});
   for (const [name, sink] of Object.entries(opts.sinks ?? {})) sinks.set(name, sink);
-  const daemon = new Daemon({ config, connectionString: opts.connectionString ?? db.workerUrl, listenConnectionString: opts.listenUrl, routes, sinks, log, tracing: tracingSettings(opts.env ?? {}) });
-  await daemon.start();
-  return daemon;
+  return new Daemon({ config, connectionString: opts.connectionString ?? db.workerUrl, listenConnectionString: opts.listenUrl, routes, sinks, log, tracing: tracingSettings(opts.env ?? {}) });
 }
 
 /** A sink that records what it got and answers with `behaviour`. */
