@@ -1,6 +1,7 @@
 import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createKysely, createPool, QueryTimeoutError, sessionTimeoutsSql } from '../src/db/pool.ts';
+import { createKysely, createPool, QueryTimeoutError } from '../src/db/pool.ts';
+import { sessionTimeoutsSql } from '../src/db/queries/session.ts';
 import { claimBatch } from '../src/db/queries/outbox.ts';
 import { claimLoopBoundMs, Heartbeat, Watchdog } from '../src/kernel/heartbeat.ts';
 import { createTestDatabase, produce, statusCounts, tenantId, waitFor, type TestDatabase } from './support/db.ts';

@@ -1,33 +1,14 @@
 import pg from 'pg';
 import { EXIT, StartupError } from '../kernel/exit-codes.ts';
 import { BACKGROUND_ROLE } from './pool.ts';
+import { loginRoleRow, type LoginRoleRow } from './queries/roles.ts';
 
-export interface LoginRole {
-  loginRole: string;
-  superuser: boolean;
-  bypassRls: boolean;
-  /** Null when app_background does not exist (the database is not migrated). */
-  member: boolean | null;
-  /** The login holds app_background's privileges without SET ROLE (INHERIT membership). */
-  inherits: boolean | null;
-  backgroundPrivileged: boolean | null;
-  /** server_version_num: INHERIT is a role attribute up to 15, a grant option from 16. */
-  serverVersion: number;
-}
+/** The login's attributes as far as running as app_background goes. */
+export type LoginRole = LoginRoleRow;
 
 /** What the connected login is, as far as running as app_background goes. */
-export async function inspectLoginRole(client: pg.ClientBase): Promise<LoginRole> {
-  const { rows } = await client.query<LoginRole>(
-    `SELECT l.rolname AS "loginRole", l.rolsuper AS superuser, l.rolbypassrls AS "bypassRls",
-            CASE WHEN b.oid IS NULL THEN NULL ELSE pg_has_role(l.oid, b.oid, 'MEMBER') END AS member,
-            CASE WHEN b.oid IS NULL THEN NULL ELSE pg_has_role(l.oid, b.oid, 'USAGE') END AS inherits,
-            b.rolsuper OR b.rolbypassrls AS "backgroundPrivileged",
-            current_setting('server_version_num')::int AS "serverVersion"
-     FROM pg_roles l LEFT JOIN pg_roles b ON b.rolname = $1
-     WHERE l.rolname = session_user`,
-    [BACKGROUND_ROLE],
-  );
-  return rows[0]!;
+export function inspectLoginRole(client: pg.ClientBase): Promise<LoginRole> {
+  return loginRoleRow(client, BACKGROUND_ROLE);
 }
 
 /**

@@ -1,6 +1,7 @@
 import pg from 'pg';
 import { Kysely, PostgresDialect } from 'kysely';
 import type { Database } from './schema.ts';
+import { sessionTimeoutsSql } from './queries/session.ts';
 
 export const BACKGROUND_ROLE = 'app_background';
 
@@ -130,15 +131,6 @@ export function createPool(opts: PoolOptions): pg.Pool {
 
 export function createKysely(pool: pg.Pool): Kysely<Database> {
   return new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
-}
-
-/** SET statements for the server-side timeouts (integers only: nothing else reaches the text). */
-export function sessionTimeoutsSql(t: Pick<DbTimeouts, 'statementTimeoutMs' | 'idleInTransactionTimeoutMs'>): string {
-  const ms = (n: number) => {
-    if (!Number.isSafeInteger(n) || n < 0) throw new Error(`invalid timeout ${n}`);
-    return n;
-  };
-  return `SET statement_timeout = ${ms(t.statementTimeoutMs)}; SET idle_in_transaction_session_timeout = ${ms(t.idleInTransactionTimeoutMs)}`;
 }
 
 /** Role names reach a startup option, so only plain identifiers are accepted. */

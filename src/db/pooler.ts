@@ -1,5 +1,6 @@
 import type pg from 'pg';
 import { connectClient } from './connect.ts';
+import { backendPid as pid, holdingTransaction } from './queries/session.ts';
 
 export interface PoolerProbe {
   /** Consecutive statements of one client may run on different server sessions. */
@@ -7,8 +8,6 @@ export interface PoolerProbe {
   /** The server session is not the one the connection was opened with (any pooler). */
   behindPooler: boolean;
 }
-
-const pid = async (c: pg.ClientBase) => (await c.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0]!.pid;
 
 /**
  * Finds out whether `client` reaches PostgreSQL through a transaction-mode pooler (PgBouncer,
@@ -25,11 +24,11 @@ export async function probePooler(client: pg.Client, connectionString: string): 
   const behindPooler = typeof announced === 'number' && announced !== first;
   const other = await connectClient(connectionString, 'outbox-dispatcher-pooler-probe');
   try {
-    await other.query('BEGIN');
-    const held = await pid(other);
-    const again = await pid(client);
-    await other.query('ROLLBACK');
-    return { transactionPooled: held === first || again !== first, behindPooler };
+    return await holdingTransaction(other, async () => {
+      const held = await pid(other);
+      const again = await pid(client);
+      return { transactionPooled: held === first || again !== first, behindPooler };
+    });
   } finally {
     await other.end().catch(() => undefined);
   }

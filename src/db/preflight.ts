@@ -5,6 +5,7 @@ import { connectClient } from './connect.ts';
 import { inspectLoginRole, roleSwitchNeeded } from './login-role.ts';
 import { migrationStatus } from './migrator.ts';
 import { BACKGROUND_ROLE } from './pool.ts';
+import { readOnlyAsRole } from './queries/session.ts';
 
 export interface PreflightResult {
   /** Pooled sessions must switch to app_background (privileged login allowed by override). */
@@ -32,9 +33,7 @@ export async function preflight(
       await assertStartupRoleAccepted(connectionString);
     }
     // As app_background itself, transaction-locally: it must be able to read the migrations.
-    await client.query('BEGIN');
-    try {
-      await client.query(`SET LOCAL ROLE ${BACKGROUND_ROLE}`);
+    await readOnlyAsRole(client, BACKGROUND_ROLE, async () => {
       const status = await migrationStatus(client);
       if (status.pending.length > 0) {
         throw new StartupError(
@@ -45,9 +44,7 @@ export async function preflight(
       if (status.unknown.length > 0) {
         opts.log.warn({ unknown: status.unknown }, 'database has migrations this build does not know (it is newer than this daemon)');
       }
-    } finally {
-      await client.query('ROLLBACK').catch(() => undefined);
-    }
+    });
     return { roleSwitch };
   } finally {
     await client.end().catch(() => undefined);

@@ -1,6 +1,7 @@
 import pg from 'pg';
 import { migrate } from '../db/migrator.ts';
 import { BACKGROUND_ROLE } from '../db/pool.ts';
+import { ensureDatabase, ensureLoginRole } from '../db/queries/session.ts';
 import type { Logger } from '../kernel/log.ts';
 import { ensureEmbeddedCluster, type EmbeddedCluster } from './cluster.ts';
 
@@ -17,8 +18,7 @@ export async function prepareEmbedded(opts: { dir: string; port: number; log: Lo
     const admin = new pg.Client({ connectionString: cluster.url({ database: 'postgres', as: 'superuser' }) });
     await admin.connect();
     try {
-      const exists = await admin.query('SELECT 1 FROM pg_database WHERE datname = $1', [EMBEDDED_DATABASE]);
-      if (exists.rowCount === 0) await admin.query(`CREATE DATABASE ${pg.escapeIdentifier(EMBEDDED_DATABASE)}`);
+      await ensureDatabase(admin, EMBEDDED_DATABASE);
     } finally {
       await admin.end();
     }
@@ -29,11 +29,7 @@ export async function prepareEmbedded(opts: { dir: string; port: number; log: Lo
       const applied = await migrate(owner);
       if (applied.length > 0) opts.log.info({ applied }, 'embedded database migrated');
       const { dispatcherRole, dispatcherPassword } = cluster.credentials;
-      const role = pg.escapeIdentifier(dispatcherRole);
-      const found = await owner.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [dispatcherRole]);
-      if (found.rowCount === 0) await owner.query(`CREATE ROLE ${role} LOGIN NOSUPERUSER NOBYPASSRLS`);
-      await owner.query(`ALTER ROLE ${role} PASSWORD ${pg.escapeLiteral(dispatcherPassword)}`);
-      await owner.query(`GRANT ${BACKGROUND_ROLE} TO ${role}`);
+      await ensureLoginRole(owner, dispatcherRole, dispatcherPassword, BACKGROUND_ROLE);
     } finally {
       await owner.end();
     }

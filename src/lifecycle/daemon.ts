@@ -1,10 +1,11 @@
-import { sql, type Kysely } from 'kysely';
+import type { Kysely } from 'kysely';
 import type pg from 'pg';
 import type { CircuitSettings, EnvConfig } from '../config/env.ts';
 import { findRoute, type Route } from '../config/routes.ts';
 import { poolRole } from '../db/login-role.ts';
 import { clientQueryTimeoutMs, createKysely, createPool } from '../db/pool.ts';
 import { notify } from '../db/queries/notify.ts';
+import { ping } from '../db/queries/session.ts';
 import type { Database } from '../db/schema.ts';
 import { Completer } from '../dispatch/completer.ts';
 import { Dispatcher } from '../dispatch/dispatcher.ts';
@@ -212,7 +213,7 @@ export class Daemon {
     const checks: ReadinessReport['checks'] = {};
     try {
       await Promise.race([
-        sql`SELECT 1`.execute(this.db),
+        ping(this.db),
         new Promise((_, reject) => setTimeout(() => reject(new Error('timed out after 2 s')), 2000).unref()),
       ]);
       checks.database = { ok: true };

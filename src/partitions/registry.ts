@@ -1,5 +1,6 @@
 import type { Kysely } from 'kysely';
 import { z } from 'zod';
+import { managedPartitionRows } from '../db/queries/partitions.ts';
 import type { Database } from '../db/schema.ts';
 
 // The registry lives in outbox_dispatcher.managed_partitions (migrations/0003), whose CHECK
@@ -42,13 +43,7 @@ export function parseTableRef(ref: string): { table_schema: string; table_name: 
 
 export async function loadRegistry(db: Kysely<Database>, only?: string): Promise<ManagedTable[]> {
   const filter = only === undefined ? undefined : parseTableRef(only);
-  const rows = await db
-    .selectFrom('outbox_dispatcher.managed_partitions')
-    .selectAll()
-    .$if(filter !== undefined, (q) => q.where('table_schema', '=', filter!.table_schema).where('table_name', '=', filter!.table_name))
-    .orderBy('table_schema')
-    .orderBy('table_name')
-    .execute();
+  const rows = await managedPartitionRows(db, filter);
   if (filter && rows.length === 0) throw new RegistryError(`table ${only} is not registered in outbox_dispatcher.managed_partitions`);
   return rows.map((row) => {
     const parsed = managedTableSchema.safeParse(row);

@@ -1,4 +1,5 @@
-import { sql, type Kysely, type Transaction } from 'kysely';
+import type { Kysely, Transaction } from 'kysely';
+import { setTenantContext } from '../db/queries/session.ts';
 import type { Database } from '../db/schema.ts';
 
 export type TenantTransaction = Transaction<Database>;
@@ -17,7 +18,7 @@ export class TenantScope {
 
   run<T>(restaurantId: string, work: (trx: TenantTransaction) => Promise<T>): Promise<T> {
     return this.#db.transaction().execute(async (trx) => {
-      await sql`SELECT public.set_restaurant_context(${restaurantId}::uuid)`.execute(trx);
+      await setTenantContext(trx, restaurantId);
       return work(trx);
     });
   }

@@ -90,3 +90,14 @@ export async function takeMaintenanceLease(db: Kysely<Database>, name: string, h
 export async function releaseMaintenanceLease(db: Kysely<Database>, name: string, holder: string): Promise<void> {
   await sql`SELECT outbox_dispatcher.maintenance_lease_release(${name}, ${holder})`.execute(db);
 }
+
+/** Rows of the partition registry (all, or the one table named), ordered by schema and name. */
+export async function managedPartitionRows(db: Kysely<Database>, only?: { table_schema: string; table_name: string }) {
+  return db
+    .selectFrom('outbox_dispatcher.managed_partitions')
+    .selectAll()
+    .$if(only !== undefined, (q) => q.where('table_schema', '=', only!.table_schema).where('table_name', '=', only!.table_name))
+    .orderBy('table_schema')
+    .orderBy('table_name')
+    .execute();
+}
