@@ -55,8 +55,6 @@ export const envSchema = z.object({
 /** Hourly at minute 17, UTC: cheap when there is nothing to do, and off the top of the hour. */
 export const DEFAULT_PARTITION_CRON = '17 * * * *';
 
-export type RawEnv = z.output<typeof envSchema>;
-
 export interface DispatchSettings {
   workerId: string;
   batchSize: number;

@@ -22,8 +22,6 @@ export interface EmbeddedCredentials {
 export interface EmbeddedCluster {
   readonly dir: string;
   readonly credentials: EmbeddedCredentials;
-  /** True when this process started the server (and so stops it). */
-  readonly startedHere: boolean;
   url(opts?: { database?: string; as?: 'superuser' | 'dispatcher' }): string;
   stop(): Promise<void>;
 }
@@ -149,7 +147,6 @@ export async function ensureEmbeddedCluster(opts: { dir: string; port: number; l
   return {
     dir,
     credentials: c,
-    startedHere: !alreadyRunning,
     url({ database = 'outbox', as = 'dispatcher' } = {}) {
       const [user, password] = as === 'superuser' ? [c.superuser, c.superuserPassword] : [c.dispatcherRole, c.dispatcherPassword];
       return `postgres://${encodeURIComponent(user)}:${encodeURIComponent(password)}@127.0.0.1:${c.port}/${encodeURIComponent(database)}`;

@@ -4,15 +4,13 @@ import type { Subscriber } from 'pg-listen';
 import { reconnectDelayMs, sleep, type Service } from '../kernel/service.ts';
 import type { Logger } from '../kernel/log.ts';
 import type { DispatcherMetrics } from '../metrics/metrics.ts';
+import { OUTBOX_CHANNEL } from '../db/queries/notify.ts';
 
 // pg-listen is CommonJS with an `exports.default`; loaders disagree on which layer
 // `import default` yields, so take the function wherever it is.
 type CreateSubscriber = (typeof import('pg-listen'))['default'];
 const pgListenDefault = (pgListen as unknown as { default: CreateSubscriber | { default: CreateSubscriber } }).default;
 const createSubscriber: CreateSubscriber = typeof pgListenDefault === 'function' ? pgListenDefault : pgListenDefault.default;
-
-/** The channel the capacity_outbox insert trigger notifies (migrations/0002). */
-export const OUTBOX_CHANNEL = 'capacity_outbox';
 
 /** How long the start-up self-test waits for its own notification. */
 const SELF_TEST_TIMEOUT_MS = 5000;

@@ -4,11 +4,9 @@ import { DEAD_REASONS } from '../domain/outcome.ts';
 import { VERSION } from '../kernel/version.ts';
 
 // Metric names are a public contract (alerts and dashboards use them): rename never,
-// add freely. The catalogue with meanings lives in README ("Metrics").
+// add freely. The catalogue with meanings lives in runbooks/metrics.md.
 
 const MAX_EVENT_TYPE_LABELS = 200;
-
-export type DispatchOutcomeLabel = 'success' | 'retry' | 'dead';
 
 export class DispatcherMetrics {
   readonly registry: Registry;

@@ -1,5 +1,6 @@
 import { sql, type Expression, type ExpressionBuilder, type Kysely, type SqlBool } from 'kysely';
 import type { Database, OutboxStatus } from '../schema.ts';
+import { notify, OUTBOX_CHANNEL } from './notify.ts';
 
 // Queries behind the on-call CLI (events stats, events replay). They use the
 // dispatch index (status, next_attempt_at) and never scan 'done' rows unless asked.
@@ -166,6 +167,7 @@ export async function replayDead(
     if (seen < take || !row.last_id || !row.last_created_at) break;
     cursor = { createdAt: row.last_created_at, id: row.last_id };
   }
-  if (result.replayed > 0) await sql`SELECT pg_notify('capacity_outbox', '')`.execute(db);
+  // Wakes every dispatcher as a producer's insert does.
+  if (result.replayed > 0) await notify(db, OUTBOX_CHANNEL, '');
   return result;
 }
