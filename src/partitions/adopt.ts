@@ -1,5 +1,6 @@
 import pg from 'pg';
-import * as cat from '../db/queries/adopt.ts';
+import * as adopt from '../db/queries/adopt.ts';
+import * as cat from '../db/queries/catalog.ts';
 import type { Logger } from '../kernel/log.ts';
 import { addMonthsUtc, isoDate, startOfMonthUtc } from './months.ts';
 import { parseTableRef, RegistryError } from './registry.ts';
@@ -9,12 +10,15 @@ import { parseTableRef, RegistryError } from './registry.ts';
 //
 //   inspect  what exists: plain table, twin, mirror trigger; refuse if RLS could hide rows
 //   twin     the partitioned twin (same columns, defaults, checks; unique keys gain the
-//            partition column), its partitions and the mirror trigger, in ONE transaction:
-//            a twin without its trigger, or a trigger without its twin, is never committed
+//            partition column) and its partitions, then
+//   mirror   the trigger that applies every write of the plain table to the twin; twin and
+//            mirror commit in ONE transaction: a twin without its trigger, or a trigger
+//            without its twin, is never committed
 //   backfill copy existing rows in primary-key order, in batches (FOR SHARE, ON CONFLICT DO NOTHING)
-//   swap     one short transaction: lock, exact counts (RLS cannot hide rows from them), rename,
-//            carry triggers, policies, grants and owner over (every partition too); the plain
-//            table stays as <table>_unpartitioned for rollback
+//   verify   under the swap's lock: the twin and its mirror are still there, exact counts
+//            (RLS cannot hide rows from them) agree
+//   swap     in the same short transaction: rename, carry triggers, policies, grants and owner
+//            over (every partition too); the plain table stays as <table>_unpartitioned for rollback
 //
 // Every step is safe to repeat, so a rerun after any failure continues: a twin with its live
 // mirror is kept (its rows are current), a leftover without one is rebuilt, the backfill only
@@ -52,7 +56,7 @@ export class AdoptError extends Error {
   override name = 'AdoptError';
 }
 
-interface Plan extends cat.AdoptTarget {
+interface Plan extends adopt.AdoptTarget {
   /** The twin exists with its mirror trigger: keep it. */
   resume: boolean;
 }
@@ -70,14 +74,7 @@ export async function adoptTable(client: pg.ClientBase, log: Logger, opts: Adopt
   say(plan.resume ? `continuing an earlier adopt: ${plan.schema}.${plan.twinName} exists and is kept in sync` : `adopting ${plan.schema}.${plan.name}`);
   await done('inspect');
 
-  let partitions: string[];
-  if (plan.resume) {
-    partitions = (await cat.partitionsOf(client, (await cat.relation(client, `${plan.schema}.${plan.twinName}`))!.oid)).map((p) => p.name);
-  } else {
-    say(`creating ${plan.schema}.${plan.twinName} partitioned by month on ${plan.partCol}, and mirroring writes into it`);
-    const months = twinMonths(await cat.firstMonth(client, plan.rel, plan.partCol), (opts.now ?? (() => new Date()))(), plan.premake);
-    partitions = await tx('create the twin', () => cat.createTwin(client, plan, months));
-  }
+  const partitions = await twinWithMirror(client, plan, opts.now ?? (() => new Date()), say, tx);
   await done('twin');
 
   const batchSize = opts.batchSize ?? 5000;
@@ -98,6 +95,27 @@ export async function adoptTable(client: pg.ClientBase, log: Logger, opts: Adopt
     backupTable: `${plan.schema}.${plan.backupName}`,
     resumed: plan.resume,
   };
+}
+
+/**
+ * The twin and its mirror, created together in one transaction; an earlier run's twin whose
+ * mirror is live is kept as it is (its rows are current). Returns the twin's partitions.
+ */
+async function twinWithMirror(
+  c: pg.ClientBase,
+  plan: Plan,
+  now: () => Date,
+  say: (msg: string) => void,
+  tx: <T>(what: string, work: () => Promise<T>) => Promise<T>,
+): Promise<string[]> {
+  if (plan.resume) return (await cat.partitionsOf(c, (await cat.relation(c, `${plan.schema}.${plan.twinName}`))!.oid)).map((p) => p.name);
+  say(`creating ${plan.schema}.${plan.twinName} partitioned by month on ${plan.partCol}, and mirroring writes into it`);
+  const months = twinMonths(await adopt.firstMonth(c, plan.rel, plan.partCol), now(), plan.premake);
+  return tx('create the twin', async () => {
+    const partitions = await adopt.createTwin(c, plan, months);
+    await adopt.createMirror(c, plan);
+    return partitions;
+  });
 }
 
 async function inspect(c: pg.ClientBase, table: string): Promise<Plan> {
@@ -126,7 +144,7 @@ async function inspect(c: pg.ClientBase, table: string): Promise<Plan> {
   if (cols.some((x) => x.identity !== '')) throw new AdoptError(`${schema}.${name} has identity columns, which adopt does not carry over; convert them to sequences first`);
   const pk = await cat.primaryKey(c, plain.oid);
   if (pk.length === 0) throw new AdoptError(`${schema}.${name} has no primary key; adopt copies in primary-key order`);
-  if (await cat.hasNulls(c, rel, reg.partition_column)) throw new AdoptError(`${schema}.${name}.${reg.partition_column} has NULLs, which no partition can hold`);
+  if (await adopt.hasNulls(c, rel, reg.partition_column)) throw new AdoptError(`${schema}.${name}.${reg.partition_column} has NULLs, which no partition can hold`);
   const indexes = await cat.indexes(c, plain.oid);
   const odd = indexes.find((ix) => ix.unique && ix.expression);
   if (odd) throw new AdoptError(`unique index ${odd.name} has expressions or a predicate; adopt cannot add the partition column to it (drop or rewrite it first)`);
@@ -157,11 +175,11 @@ function twinMonths(first: Date | null, now: Date, premake: number): { from: str
 }
 
 async function backfill(c: pg.ClientBase, p: Plan, batchSize: number): Promise<number> {
-  await cat.preferLosingDeadlocks(c);
+  await adopt.preferLosingDeadlocks(c);
   let copied = 0;
   let cursor: unknown[] | undefined;
   for (;;) {
-    const row = await retryOnConflict(() => cat.copyBatch(c, p.rel, p.twin, p.cols, p.pk, batchSize, cursor));
+    const row = await retryOnConflict(() => adopt.copyBatch(c, p.rel, p.twin, p.cols, p.pk, batchSize, cursor));
     copied += Number(row.inserted);
     if (Number(row.seen) < batchSize || !row.last) break;
     const last = row.last;
@@ -170,9 +188,16 @@ async function backfill(c: pg.ClientBase, p: Plan, batchSize: number): Promise<n
   return copied;
 }
 
-/** Verifies and swaps; returns the rows at the swap. Runs inside one transaction. */
+/** Verifies, then swaps; returns the rows at the swap. Runs inside one transaction. */
 async function swap(c: pg.ClientBase, p: Plan): Promise<number> {
-  await cat.lockExclusive(c, p.rel);
+  await adopt.lockExclusive(c, p.rel);
+  const { twinOid, keep, rows } = await verify(c, p);
+  await adopt.swapIn(c, p, twinOid, keep);
+  return rows;
+}
+
+/** Under the swap's lock: the twin and its mirror are still there and every row was copied. */
+async function verify(c: pg.ClientBase, p: Plan) {
   const twin = await cat.relation(c, `${p.schema}.${p.twinName}`);
   if (!twin || !(await cat.hasMirrorTrigger(c, p.oid))) {
     throw new AdoptError(`${p.schema}.${p.twinName} or its mirror trigger disappeared during adopt; nothing swapped (rerun adopt)`);
@@ -180,7 +205,7 @@ async function swap(c: pg.ClientBase, p: Plan): Promise<number> {
   const keep = await cat.carriedOver(c, p.oid, p.rel);
   let counts: { plain: number; twin: number };
   try {
-    counts = await cat.exactCounts(c, p.rel, p.twin, keep.security.forced);
+    counts = await adopt.exactCounts(c, p.rel, p.twin, keep.security.forced);
   } catch (err) {
     if ((err as { code?: string }).code === '42501') {
       throw new AdoptError(`cannot count every row of ${p.schema}.${p.name} (${(err as Error).message}); run adopt as the table owner or a superuser; nothing swapped`, { cause: err });
@@ -190,8 +215,7 @@ async function swap(c: pg.ClientBase, p: Plan): Promise<number> {
   if (counts.plain !== counts.twin) {
     throw new AdoptError(`row counts differ after copy (plain ${counts.plain}, partitioned ${counts.twin}); nothing swapped (rerun adopt: the copy resumes)`);
   }
-  await cat.swapIn(c, p, twin.oid, keep);
-  return counts.plain;
+  return { twinOid: twin.oid, keep, rows: counts.plain };
 }
 
 /**
@@ -202,12 +226,12 @@ async function swap(c: pg.ClientBase, p: Plan): Promise<number> {
 async function inTransaction<T>(c: pg.ClientBase, log: Logger, what: string, lockMs: number, attempts: number, work: () => Promise<T>): Promise<T> {
   for (let i = 1; ; i++) {
     try {
-      await cat.begin(c, lockMs);
+      await adopt.begin(c, lockMs);
       const out = await work();
-      await cat.commit(c);
+      await adopt.commit(c);
       return out;
     } catch (err) {
-      await cat.rollback(c);
+      await adopt.rollback(c);
       const code = (err as { code?: string }).code;
       if ((code === '55P03' || code === '40P01') && i < attempts) {
         log.warn({ step: what, attempt: i }, `adopt: ${what} could not take its lock within ${lockMs} ms; retrying`);

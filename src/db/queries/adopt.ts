@@ -1,181 +1,13 @@
 import pg from 'pg';
+import { carriedOver, indexes, MIRROR_TRIGGER, partitionsOf, twinIndexTargets, type Column, type IndexInfo } from './catalog.ts';
 
-// Catalog reads and statements of `partitions adopt` (src/partitions/adopt.ts). Identifiers
+// Statements of `partitions adopt` (src/partitions/adopt.ts); its catalog reads are in catalog.ts. Identifiers
 // are validated by the caller (parseTableRef) or come from the catalog, and are always quoted.
 
 const q = pg.escapeIdentifier;
 
-/** The trigger adopt installs on the plain table to mirror writes into the twin. */
-export const MIRROR_TRIGGER = 'outbox_adopt_sync';
-
 export function mirrorFunction(table: string): string {
   return `outbox_dispatcher.${q(`adopt_sync_${table}`)}`;
-}
-
-export interface Column {
-  name: string;
-  identity: string;
-}
-
-export interface IndexInfo {
-  name: string;
-  def: string;
-  unique: boolean;
-  primary: boolean;
-  cols: string[] | null;
-  expression: boolean;
-}
-
-export async function registryEntry(c: pg.ClientBase, schema: string, name: string) {
-  const r = await c.query<{ partition_column: string; premake_months: number }>(
-    'SELECT partition_column, premake_months FROM outbox_dispatcher.managed_partitions WHERE table_schema = $1 AND table_name = $2',
-    [schema, name],
-  );
-  return r.rows[0];
-}
-
-export async function relation(c: pg.ClientBase, qualified: string): Promise<{ oid: number; relkind: string; owner: string } | undefined> {
-  const r = await c.query<{ oid: number; relkind: string; owner: string }>(
-    'SELECT oid, relkind, pg_get_userbyid(relowner) AS owner FROM pg_class WHERE oid = to_regclass($1)',
-    [qualified],
-  );
-  return r.rows[0];
-}
-
-export async function hasMirrorTrigger(c: pg.ClientBase, oid: number): Promise<boolean> {
-  const r = await c.query('SELECT 1 FROM pg_trigger WHERE tgrelid = $1 AND tgname = $2', [oid, MIRROR_TRIGGER]);
-  return (r.rowCount ?? 0) > 0;
-}
-
-export async function partitionKey(c: pg.ClientBase, oid: number): Promise<string | null> {
-  const r = await c.query<{ key: string | null }>('SELECT pg_get_partkeydef($1) AS key', [oid]);
-  return r.rows[0]?.key ?? null;
-}
-
-export async function columns(c: pg.ClientBase, oid: number): Promise<Column[]> {
-  return (
-    await c.query<Column>(
-      'SELECT attname AS name, attidentity AS identity FROM pg_attribute WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum',
-      [oid],
-    )
-  ).rows;
-}
-
-export async function primaryKey(c: pg.ClientBase, oid: number): Promise<string[]> {
-  return (
-    await c.query<{ col: string }>(
-      `SELECT a.attname AS col FROM pg_index i JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(attnum, ord) ON true
-       JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-       WHERE i.indrelid = $1 AND i.indisprimary ORDER BY k.ord`,
-      [oid],
-    )
-  ).rows.map((r) => r.col);
-}
-
-export async function indexes(c: pg.ClientBase, oid: number): Promise<IndexInfo[]> {
-  return (
-    await c.query<IndexInfo>(
-      `SELECT c.relname AS name, pg_get_indexdef(i.indexrelid) AS def, i.indisunique AS unique, i.indisprimary AS primary,
-              (i.indexprs IS NOT NULL OR i.indpred IS NOT NULL) AS expression,
-              (SELECT array_agg(a.attname::text ORDER BY k.ord) FROM unnest(i.indkey) WITH ORDINALITY k(attnum, ord)
-                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum) AS cols
-       FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = $1 ORDER BY c.relname`,
-      [oid],
-    )
-  ).rows;
-}
-
-/**
- * Whether row-level security could hide rows of the table from this session. False when RLS
- * does not apply to us (superuser, BYPASSRLS, owner without FORCE) or when a permissive
- * policy for every command with USING (true) applies to us and no restrictive policy does:
- * then every row is visible, provably, not just "no error".
- */
-export async function rlsMayHideRows(c: pg.ClientBase, oid: number): Promise<boolean> {
-  const r = await c.query<{ hides: boolean }>(
-    `SELECT row_security_active($1::oid) AND NOT (
-              EXISTS (SELECT 1 FROM pg_policy p
-                      WHERE p.polrelid = $1 AND p.polpermissive AND p.polcmd = '*'
-                        AND pg_get_expr(p.polqual, p.polrelid) = 'true'
-                        AND (p.polwithcheck IS NULL OR pg_get_expr(p.polwithcheck, p.polrelid) = 'true')
-                        AND (0 = ANY (p.polroles) OR EXISTS (SELECT 1 FROM unnest(p.polroles) r WHERE pg_has_role(current_user, r, 'USAGE'))))
-          AND NOT EXISTS (SELECT 1 FROM pg_policy p
-                          WHERE p.polrelid = $1 AND NOT p.polpermissive
-                            AND (0 = ANY (p.polroles) OR EXISTS (SELECT 1 FROM unnest(p.polroles) r WHERE pg_has_role(current_user, r, 'USAGE'))))
-       ) AS hides`,
-    [oid],
-  );
-  return r.rows[0]!.hides;
-}
-
-/** Definitions to recreate on the partitioned table at the swap (read under the swap's lock). */
-export async function carriedOver(c: pg.ClientBase, oid: number, rel: string) {
-  const triggers = (
-    await c.query<{ def: string }>(
-      'SELECT pg_get_triggerdef(oid) AS def FROM pg_trigger WHERE tgrelid = $1 AND NOT tgisinternal AND tgname <> $2 ORDER BY tgname',
-      [oid, MIRROR_TRIGGER],
-    )
-  ).rows.map((r) => r.def);
-  const policies = (
-    await c.query<{ def: string }>(
-      `SELECT format('CREATE POLICY %I ON %s AS %s FOR %s TO %s%s%s', p.polname, $2::text,
-                     CASE WHEN p.polpermissive THEN 'PERMISSIVE' ELSE 'RESTRICTIVE' END,
-                     CASE p.polcmd WHEN 'r' THEN 'SELECT' WHEN 'a' THEN 'INSERT' WHEN 'w' THEN 'UPDATE' WHEN 'd' THEN 'DELETE' ELSE 'ALL' END,
-                     (SELECT string_agg(CASE WHEN r = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(r)) END, ', ') FROM unnest(p.polroles) r),
-                     CASE WHEN p.polqual IS NULL THEN '' ELSE ' USING (' || pg_get_expr(p.polqual, p.polrelid) || ')' END,
-                     CASE WHEN p.polwithcheck IS NULL THEN '' ELSE ' WITH CHECK (' || pg_get_expr(p.polwithcheck, p.polrelid) || ')' END) AS def
-       FROM pg_policy p WHERE p.polrelid = $1 ORDER BY p.polname`,
-      [oid, rel],
-    )
-  ).rows.map((r) => r.def);
-  const security = (
-    await c.query<{ on: boolean; forced: boolean; owner: string }>(
-      'SELECT relrowsecurity AS on, relforcerowsecurity AS forced, pg_get_userbyid(relowner) AS owner FROM pg_class WHERE oid = $1',
-      [oid],
-    )
-  ).rows[0]!;
-  const grants = (
-    await c.query<{ def: string }>(
-      `SELECT format('GRANT %s ON %s TO %s', a.privilege_type, $2::text, CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END) AS def
-       FROM pg_class c, aclexplode(c.relacl) a WHERE c.oid = $1 AND a.grantee <> c.relowner
-       UNION ALL
-       SELECT format('GRANT %s (%I) ON %s TO %s', a.privilege_type, att.attname, $2::text, CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END)
-       FROM pg_attribute att, aclexplode(att.attacl) a WHERE att.attrelid = $1 AND att.attnum > 0 AND NOT att.attisdropped`,
-      [oid, rel],
-    )
-  ).rows.map((r) => r.def);
-  const ownedSequences = (
-    await c.query<{ seq: string; col: string }>(
-      `SELECT d.objid::regclass::text AS seq, a.attname AS col FROM pg_depend d
-       JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
-       JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
-       WHERE d.refobjid = $1 AND d.classid = 'pg_class'::regclass AND d.deptype = 'a'`,
-      [oid],
-    )
-  ).rows;
-  return { triggers, policies, security, grants, ownedSequences };
-}
-
-/** Twin indexes with the name they take at the swap (kept in the index comment, so a rerun knows). */
-export async function twinIndexTargets(c: pg.ClientBase, twinOid: number): Promise<{ name: string; target: string | null }[]> {
-  return (
-    await c.query<{ name: string; target: string | null }>(
-      `SELECT c.relname AS name, obj_description(c.oid, 'pg_class') AS target
-       FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = $1 ORDER BY 1`,
-      [twinOid],
-    )
-  ).rows;
-}
-
-/** Every partition of a partitioned table (direct children). */
-export async function partitionsOf(c: pg.ClientBase, oid: number): Promise<{ name: string; owner: string }[]> {
-  return (
-    await c.query<{ name: string; owner: string }>(
-      `SELECT c.relname AS name, pg_get_userbyid(c.relowner) AS owner FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-       WHERE i.inhparent = $1 ORDER BY 1`,
-      [oid],
-    )
-  ).rows;
 }
 
 export async function monthlyPartitionName(c: pg.ClientBase, table: string, month: string): Promise<string> {
@@ -270,13 +102,12 @@ export interface AdoptTarget {
 }
 
 /**
- * Twin, its monthly partitions ([from, to) as YYYY-MM-DD) and default partition, mirror
- * function and trigger; the caller runs it in one transaction. A leftover twin (no live
- * mirror) or a leftover trigger (no twin: producers' writes would be failing) from an earlier
- * run is removed in the same transaction, so no intermediate state is ever visible.
+ * Twin, its monthly partitions ([from, to) as YYYY-MM-DD) and default partition; the caller
+ * runs it and createMirror in one transaction. A leftover twin (no live mirror) or a leftover
+ * trigger (no twin: producers' writes would be failing) from an earlier run is removed in the
+ * same transaction, so no intermediate state is ever visible.
  */
 export async function createTwin(c: pg.ClientBase, p: AdoptTarget, months: { from: string; to: string }[]): Promise<string[]> {
-  const fn = mirrorFunction(p.name);
   await c.query(`DROP TRIGGER IF EXISTS ${q(MIRROR_TRIGGER)} ON ${p.rel}`);
   await c.query(`DROP TABLE IF EXISTS ${p.twin}`);
   await c.query(
@@ -309,12 +140,16 @@ export async function createTwin(c: pg.ClientBase, p: AdoptTarget, months: { fro
   }
   await c.query(`CREATE TABLE ${q(p.schema)}.${q(`${p.name}_default`)} PARTITION OF ${p.twin} DEFAULT`);
   partitions.push(`${p.name}_default`);
+  return partitions;
+}
 
+/** The mirror function and trigger: from here on every write to the plain table reaches the twin. */
+export async function createMirror(c: pg.ClientBase, p: AdoptTarget): Promise<void> {
+  const fn = mirrorFunction(p.name);
   const keyCols = p.pk.includes(p.partCol) ? p.pk : [...p.pk, p.partCol];
   await c.query(mirrorFunctionDdl(fn, p.twin, p.cols, keyCols));
   await c.query(`REVOKE ALL ON FUNCTION ${fn}() FROM PUBLIC`);
   await c.query(`CREATE TRIGGER ${q(MIRROR_TRIGGER)} AFTER INSERT OR UPDATE OR DELETE ON ${p.rel} FOR EACH ROW EXECUTE FUNCTION ${fn}()`);
-  return partitions;
 }
 
 /** The renames and carry-over of the swap (the caller holds the lock and has verified the counts). */
@@ -368,8 +203,4 @@ export async function commit(c: pg.ClientBase): Promise<void> {
 
 export async function rollback(c: pg.ClientBase): Promise<void> {
   await c.query('ROLLBACK').catch(() => undefined);
-}
-
-export async function currentUser(c: pg.ClientBase): Promise<string> {
-  return (await c.query<{ u: string }>('SELECT current_user AS u')).rows[0]!.u;
 }
