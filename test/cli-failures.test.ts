@@ -31,6 +31,12 @@ const COMMANDS: CommandCase[] = [
   { args: ['events', 'replay'], login: 'daemon' },
   { args: ['events', 'blocked'], login: 'daemon' },
   { args: ['events', 'skip', '--id', '00000000-0000-4000-8000-000000000001'], login: 'daemon' },
+  { args: ['events', 'show', '00000000-0000-4000-8000-000000000001'], login: 'daemon' },
+  { args: ['events', 'list', '--type', 'booking.*'], login: 'daemon' },
+  { args: ['sinks', 'status'], login: 'daemon' },
+  { args: ['sinks', 'pause', 'webhooks', '--reason', 'failure table'], login: 'daemon' },
+  { args: ['sinks', 'resume', 'webhooks'], login: 'daemon' },
+  { args: ['audit'], login: 'daemon' },
   { args: ['partitions', 'status'], login: 'daemon' },
   { args: ['partitions', 'rotate'], login: 'daemon' },
   { args: ['partitions', 'adopt', '--table', 'cli_plain'], login: 'owner' },
@@ -89,7 +95,7 @@ describe('the failure table', () => {
     };
     walk(buildProgram(), []);
     const expanded = leaves.flatMap((l) => (l === 'incident' ? SCENARIOS.filter((s) => incidentLogin(s) !== 'none').map((s) => `incident ${s}`) : [l]));
-    const covered = new Set(COMMANDS.map((c) => c.args.slice(0, c.args[0] === 'incident' || c.args[0] === 'events' || c.args[0] === 'partitions' ? 2 : 1).join(' ')));
+    const covered = new Set(COMMANDS.map((c) => c.args.slice(0, ['incident', 'events', 'partitions', 'sinks'].includes(c.args[0]!) ? 2 : 1).join(' ')));
     expect([...covered].sort()).toEqual([...new Set(expanded)].sort());
   });
 });

@@ -103,7 +103,7 @@ function helpAfter(cmd: Command): string {
 
 function loginFor(c: DocCommand, documented = readmeLogins()): LoginKind {
   const [a, b] = c.argv;
-  const key = a === 'incident' ? `incident ${b}` : a === 'events' || a === 'partitions' ? `${a} ${b}` : a!;
+  const key = a === 'incident' ? `incident ${b}` : a === 'events' || a === 'partitions' || a === 'sinks' ? `${a} ${b}` : a!;
   const kind = documented.get(key);
   if (!kind) throw new Error(`${c.doc}: "${c.text}": README's CLI table names no login for ${key}`);
   return kind;

@@ -8,7 +8,10 @@ const DOCUMENTED = {
   tables: [
     'outbox_dispatcher.capacity_outbox_ordering_blocked: SELECT', // `events blocked` and the blocked-keys gauge (ADR 0011)
     'outbox_dispatcher.managed_partitions: SELECT',
+    'outbox_dispatcher.operator_audit: SELECT', // `audit`; written only through operator_audit_begin/add (ADR 0014)
     'outbox_dispatcher.schema_migrations: SELECT',
+    'outbox_dispatcher.sink_parked: SELECT', // `events show`, `sinks status` (ADR 0014)
+    'outbox_dispatcher.sink_pauses: SELECT', // each replica polls the pauses (ADR 0014)
     'public.capacity_outbox: SELECT',
     'public.tenant_context_exempt_roles: SELECT', // granted to PUBLIC
   ],
@@ -23,11 +26,18 @@ const DOCUMENTED = {
     'outbox_dispatcher.maintenance_lease_release', // the rotation lease (migration 0011, ADR 0010)
     'outbox_dispatcher.maintenance_lease_take',
     'outbox_dispatcher.monthly_partition_name', // pure naming function, executable by PUBLIC
+    'outbox_dispatcher.operator_audit_add', // the audit trail: who is taken from the session (ADR 0014)
+    'outbox_dispatcher.operator_audit_begin',
     'outbox_dispatcher.partition_create',
     'outbox_dispatcher.partition_default_rows',
     'outbox_dispatcher.partition_ensure_default',
     'outbox_dispatcher.partition_report',
     'outbox_dispatcher.partition_retire',
+    'outbox_dispatcher.sink_park', // a worker parks a claimed event of a paused sink, only while the pause row exists (ADR 0014)
+    'outbox_dispatcher.sink_parked_horizon', // a constant
+    'outbox_dispatcher.sink_pause', // `sinks pause`, audited in the same transaction (ADR 0014)
+    'outbox_dispatcher.sink_resume', // `sinks resume`, audited in the same transaction (ADR 0014)
+    'outbox_dispatcher.sink_unpark_orphans', // each replica's poll: parked events whose pause is gone (ADR 0014)
     'public.current_restaurant_id',
     'public.require_restaurant_context',
     'public.set_restaurant_context',

@@ -50,6 +50,7 @@ const NAMES = [
   'tracer provider',
   'sinks',
   'completer',
+  'sink-pauses',
   'dispatcher',
   'lease-rescuer',
   'ordering-settler',

@@ -3,6 +3,8 @@ import { adoptTable } from '../partitions/adopt.ts';
 import { parseTableRef } from '../partitions/registry.ts';
 import { PartitionRotator, rotationDeferred, rotationFailed } from '../partitions/rotator.ts';
 import { partitionStatus } from '../partitions/status.ts';
+import { auditAdd, auditAddClient, auditBegin, auditBeginClient } from '../db/queries/audit.ts';
+import { actorFor } from './actor.ts';
 import { assertSessionConnection, cliSettings, withClient, withDatabase } from './connection.ts';
 import { parsePositiveInt } from './parse.ts';
 import { printJson, table } from './output.ts';
@@ -65,9 +67,18 @@ export async function partitionsStatusCommand(opts: PartitionsOptions, env: Node
 
 export async function partitionsRotateCommand(opts: PartitionsOptions & { dryRun?: boolean }, env: NodeJS.ProcessEnv = process.env): Promise<number> {
   const { config, log } = cliSettings(env);
-  const report = await withDatabase(opts, env, (db) =>
-    new PartitionRotator(db, log, undefined, { lockTimeoutMs: config.partitions.lockTimeoutMs }).runOnce({ table: opts.table, dryRun: opts.dryRun }),
-  );
+  const report = await withDatabase(opts, env, async (db) => {
+    const rotator = new PartitionRotator(db, log, undefined, { lockTimeoutMs: config.partitions.lockTimeoutMs });
+    if (opts.dryRun) return rotator.runOnce({ table: opts.table, dryRun: true });
+    // DDL runs in the rotator's own short transactions (one per step, with lock timeouts): the
+    // entry is opened before the first and closed with the statements that ran and the outcome.
+    const auditId = await auditBegin(db, 'partitions.rotate', actorFor('partitions rotate', env), { table: opts.table ?? null });
+    const r = await rotator.runOnce({ table: opts.table });
+    const executed = r.tables.reduce((n, t) => n + t.statements.length, 0);
+    const outcome = !r.ran ? 'skipped: another replica was rotating' : rotationFailed(r) ? 'failed' : rotationDeferred(r) ? 'deferred' : 'ok';
+    await auditAdd(db, auditId, executed, `${outcome}; ${executed} DDL statement(s)`);
+    return r;
+  });
   if (opts.json) printJson(report);
   else if (!report.ran) process.stdout.write('another replica is rotating partitions right now; nothing done (try again in a minute)\n');
   else {
@@ -100,7 +111,15 @@ export async function partitionsAdoptCommand(
   const url = opts.databaseUrl ?? config.migrationDatabaseUrl;
   const result = await withClient(config, log, { as: 'superuser', url, applicationName: 'outbox-dispatcher-adopt' }, async (client, connectionString) => {
     await assertSessionConnection(client, connectionString, { flagUrl: opts.databaseUrl, config });
-    return adoptTable(client, log, { table: opts.table, batchSize, onStep: opts.json ? undefined : (m) => process.stdout.write(`${m}\n`) });
+    const auditId = await auditBeginClient(client, 'partitions.adopt', actorFor('partitions adopt', env), { table: opts.table, batchSize: batchSize ?? null });
+    try {
+      const r = await adoptTable(client, log, { table: opts.table, batchSize, onStep: opts.json ? undefined : (m) => process.stdout.write(`${m}\n`) });
+      await auditAddClient(client, auditId, 1, 'adopted');
+      return r;
+    } catch (err) {
+      await auditAddClient(client, auditId, 0, `failed: ${(err as Error).message}`).catch(() => undefined);
+      throw err;
+    }
   });
   if (opts.json) printJson(result);
   return EXIT.OK;

@@ -1,6 +1,8 @@
 import { Command, Option } from 'commander';
 import { enqueueCommand } from './enqueue-command.ts';
-import { blockedCommand, replayCommand, skipCommand, statsCommand } from './events-command.ts';
+import { auditCommand } from './audit-command.ts';
+import { blockedCommand, LIST_MAX, listCommand, replayCommand, showCommand, skipCommand, statsCommand } from './events-command.ts';
+import { sinksPauseCommand, sinksResumeCommand, sinksStatusCommand } from './sinks-command.ts';
 import { incidentCommand, SCENARIOS } from './incident-command.ts';
 import { migrateCommand } from './migrate-command.ts';
 import { partitionsAdoptCommand, partitionsRotateCommand, partitionsStatusCommand } from './partitions-command.ts';
@@ -18,6 +20,8 @@ function filterOptions(cmd: Command): Command {
     .option('--tenant <uuid>', 'restaurant id')
     .option('--since <time>', 'created at or after (ISO-8601)')
     .option('--until <time>', 'created before (ISO-8601)')
+    .option('--error-contains <text>', 'last error contains this text (case-insensitive)')
+    .option('--ordering-key <key>', 'only events of this ordering key')
     .addOption(databaseUrlOption())
     .option('--json', 'machine-readable output');
 }
@@ -107,6 +111,23 @@ export function buildProgram(context?: CommandContext): Command {
       process.exitCode = await replayCommand(opts);
     }), 'daemon');
   login(events
+    .command('show')
+    .description("one event: status, tenant, type, keys, attempts, lease, next attempt, last error, times, partition, payload size, its key's position")
+    .argument('<id>', 'the event id')
+    .option('--payload', 'also print the payload')
+    .option('--json', 'machine-readable output')
+    .addOption(databaseUrlOption())
+    .action(async (id: string, opts) => {
+      process.exitCode = await showCommand(id, opts);
+    }), 'daemon');
+  login(filterOptions(events.command('list').description('events by filter, newest first, a page at a time (keyset cursor: --after)'))
+    .option('--status <status>', "pending, processing, dead or done (repeatable; default: pending, processing, dead; done needs --since)", collect)
+    .option('--limit <n>', `events per page (at most ${LIST_MAX})`, '50')
+    .option('--after <cursor>', 'the cursor the previous page printed')
+    .action(async (opts) => {
+      process.exitCode = await listCommand(opts);
+    }), 'daemon');
+  login(events
     .command('blocked')
     .description('ordering keys held up by a dead head event: tenant, key, head event, since, last error')
     .option('--tenant <uuid>', 'only this restaurant')
@@ -124,6 +145,47 @@ export function buildProgram(context?: CommandContext): Command {
     .addOption(databaseUrlOption())
     .action(async (opts) => {
       process.exitCode = await skipCommand(opts);
+    }), 'daemon');
+
+  const sinks = program.command('sinks').description('pause, resume and look at sinks (state shared by every replica through the database)');
+  login(sinks
+    .command('status')
+    .description('each configured sink: paused or not, by whom, since, why, events parked')
+    .option('--json', 'machine-readable output')
+    .addOption(databaseUrlOption())
+    .action(async (opts) => {
+      process.exitCode = await sinksStatusCommand(opts);
+    }), 'daemon', 'Reads OUTBOX_ROUTES (when set) for the configured sinks.');
+  login(sinks
+    .command('pause')
+    .description("stop sending to a sink on every replica within seconds; its events stay pending and spend no attempts")
+    .argument('<name>', 'the sink name (routes file)')
+    .option('--reason <text>', 'why (required; shown by sinks status and recorded in the audit trail)')
+    .option('--json', 'machine-readable output')
+    .addOption(databaseUrlOption())
+    .action(async (name: string, opts) => {
+      process.exitCode = await sinksPauseCommand(name, opts);
+    }), 'daemon');
+  login(sinks
+    .command('resume')
+    .description('send to a paused sink again; its parked events are due at once (exit 1 if it was not paused)')
+    .argument('<name>', 'the sink name (routes file)')
+    .option('--json', 'machine-readable output')
+    .addOption(databaseUrlOption())
+    .action(async (name: string, opts) => {
+      process.exitCode = await sinksResumeCommand(name, opts);
+    }), 'daemon');
+
+  login(program
+    .command('audit')
+    .description('operator actions that changed events or sinks: who, when, what, how many rows (newest first)')
+    .option('--since <time>', 'at or after (ISO-8601)')
+    .option('--action <name>', 'e.g. events.replay, sink.pause, or a pattern such as sink.* (repeatable)', collect)
+    .option('--limit <n>', 'show at most this many', '100')
+    .option('--json', 'machine-readable output')
+    .addOption(databaseUrlOption())
+    .action(async (opts) => {
+      process.exitCode = await auditCommand(opts);
     }), 'daemon');
 
   const partitions = program.command('partitions').description('monthly partitions of capacity_outbox and other registered tables');

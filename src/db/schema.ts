@@ -77,6 +77,38 @@ export interface ManagedPartitionsTable {
   blocking_statuses: string[];
 }
 
+/** Migration 0013: operator actions (written only through operator_audit_begin/add). */
+export interface OperatorAuditTable {
+  id: Generated<string>;
+  at: Generated<Date>;
+  login_role: string;
+  work_role: string;
+  os_user: string | null;
+  action: string;
+  command: string;
+  filter: ColumnType<unknown, string, string>;
+  rows: Generated<string>;
+  finished_at: Date | null;
+  result: string | null;
+}
+
+/** Migration 0013: a row pauses the sink on every replica. */
+export interface SinkPausesTable {
+  sink: string;
+  paused_at: Generated<Date>;
+  login_role: string;
+  os_user: string | null;
+  reason: string;
+}
+
+/** Migration 0013: claimed events of a paused sink, given back and set aside until resume. */
+export interface SinkParkedTable {
+  event_id: string;
+  event_created_at: Date;
+  sink: string;
+  parked_at: Generated<Date>;
+}
+
 export interface Database {
   capacity_outbox: CapacityOutboxTable;
   'outbox_dispatcher.capacity_outbox_active_keys': ActiveKeysTable;
@@ -85,4 +117,7 @@ export interface Database {
   'outbox_dispatcher.capacity_outbox_ordering_unsettled': OrderingUnsettledTable;
   'outbox_dispatcher.schema_migrations': SchemaMigrationsTable;
   'outbox_dispatcher.managed_partitions': ManagedPartitionsTable;
+  'outbox_dispatcher.operator_audit': OperatorAuditTable;
+  'outbox_dispatcher.sink_pauses': SinkPausesTable;
+  'outbox_dispatcher.sink_parked': SinkParkedTable;
 }

@@ -19,6 +19,8 @@ import { sendResultOf, type SinkCircuits } from './circuit-breaker.ts';
 import { sendFitsInLease } from '../config/lease.ts';
 import { outcomeForFailure } from './retry-policy.ts';
 import { Wakeup } from './wakeup.ts';
+import type { SinkPauseWatcher } from './sink-pauses.ts';
+import { parkEvent } from '../db/queries/sink-pauses.ts';
 
 export interface DispatcherDeps {
   db: Kysely<Database>;
@@ -33,6 +35,8 @@ export interface DispatcherDeps {
   heartbeat?: Heartbeat;
   /** Per-sink circuit breakers; without it every event is sent. */
   circuits?: SinkCircuits;
+  /** Sinks paused by an operator (`sinks pause`); without it no sink is paused. */
+  pauses?: SinkPauseWatcher;
 }
 
 export type DispatcherState = 'idle' | 'running' | 'draining' | 'stopped';
@@ -190,6 +194,21 @@ export class Dispatcher implements Service {
     if (!checked.ok) return finish({ kind: 'dead', error: checked.reason, reason: 'malformed' });
     if (!route) return finish({ kind: 'dead', error: `unrouted: no route in OUTBOX_ROUTES matches event type ${row.event_type}`, reason: 'unrouted' });
     const sink = sinks.get(route.sinkName)!;
+
+    // A paused sink's event goes back unattempted and parked: it is not claimed again until
+    // `sinks resume` (ADR 0014). false: the pause ended meanwhile; send it.
+    if (this.#d.pauses?.isPaused(sink.name)) {
+      try {
+        if (await parkEvent(this.#d.db, { sink: sink.name, workerId: settings.workerId, id: row.id, createdAtKey: row.created_at_key, attempt })) {
+          metrics.eventsReleased.inc({ reason: 'sink_paused' });
+          return;
+        }
+      } catch (err) {
+        this.#log.warn({ err, eventId: row.id, sink: sink.name }, 'parking an event of a paused sink failed; released instead');
+        metrics.eventsReleased.inc({ reason: 'sink_paused' });
+        return finish({ kind: 'release', delayMs: 1000 }, sink.name);
+      }
+    }
 
     // Never start a call the lease cannot cover: another worker could claim the event
     // mid-call. The same rule validated the sink's timeout at startup (config/lease.ts).

@@ -25,6 +25,7 @@ import type { TracingSettings } from '../tracing/settings.ts';
 import { startTracing, type DispatchTracer } from '../tracing/tracer.ts';
 import { claimLoopBoundMs, completerBoundMs, Heartbeat, Watchdog } from '../kernel/heartbeat.ts';
 import { serviceOf, sleep, type Service } from '../kernel/service.ts';
+import { SinkPauseWatcher } from '../dispatch/sink-pauses.ts';
 
 /** How long shutdown waits for connections to close before leaving them to process exit. */
 const CLOSE_BOUND_MS = 5000;
@@ -73,6 +74,8 @@ export class Daemon {
   readonly watchdog = new Watchdog();
   /** Stop order, first stage to last; services in one stage stop together. Start runs it backwards. */
   readonly stages: readonly (readonly Service[])[];
+  /** Operator pauses of sinks, polled from the database (ADR 0014). */
+  readonly sinkPauses: SinkPauseWatcher;
   readonly #opts: DaemonOptions;
   readonly #log: Logger;
   #stopping: Promise<void> | undefined;
@@ -116,6 +119,7 @@ export class Daemon {
     // A batch of outcomes is written as soon as a claim's worth is ready: the dispatcher's
     // window counts unwritten outcomes, so waiting for more would stall the next claim.
     this.completer = new Completer(this.db, log, this.metrics, { workerId: d.workerId, heartbeat: completerBeat, maxBatch: Math.min(500, d.batchSize) });
+    this.sinkPauses = new SinkPauseWatcher(this.db, log, this.metrics.registry, opts.sinks.keys());
     this.dispatcher = new Dispatcher({
       db: this.db,
       log,
@@ -127,6 +131,7 @@ export class Daemon {
       settings: d,
       heartbeat: claimBeat,
       circuits: this.#circuits(config.circuit, opts.sinks.keys()),
+      pauses: this.sinkPauses,
     });
     this.rescuer = new LeaseRescuer(this.db, log, this.metrics, {
       intervalMs: d.rescueIntervalMs,
@@ -163,7 +168,8 @@ export class Daemon {
     this.stages = [
       [this.rescuer, this.orderingSettler, this.#bounded(this.listener), ...(this.partitions ? [this.partitions] : []), ...(this.backlog ? [this.backlog] : [])],
       [this.dispatcher],
-      [this.completer],
+      // Pauses are read before the dispatcher's first claim and until its last.
+      [this.completer, this.sinkPauses],
       [serviceOf('sinks', { stop: async () => void (await Promise.all([...opts.sinks.values()].map((s) => s.close?.().catch(() => undefined)))) })],
       // Spans end with their attempts, so all are buffered once the dispatcher has drained; an
       // unreachable collector cannot hold shutdown up.

@@ -60,7 +60,7 @@ export class DispatcherMetrics {
     });
     this.eventsReleased = new Counter({
       name: 'outbox_events_released_total',
-      help: 'Claimed events handed back to pending unattempted, by reason (shutdown, lease_at_risk).',
+      help: 'Claimed events handed back to pending unattempted, by reason (shutdown, lease_at_risk, circuit_open, sink_paused).',
       labelNames: ['reason'],
       registers: r,
     });

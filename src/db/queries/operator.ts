@@ -14,6 +14,9 @@ export interface EventFilter {
   /** created_at < until */
   until?: Date;
   ids?: string[];
+  /** last_error contains this text (case-insensitive). */
+  errorContains?: string;
+  orderingKey?: string;
 }
 
 /** `booking.*` -> `booking.%`, with LIKE's own wildcards escaped. */
@@ -21,13 +24,21 @@ export function patternToLike(pattern: string): string {
   return pattern.replace(/[\\%_]/g, '\\$&').replace(/\*/g, '%');
 }
 
-function filterExpr(eb: ExpressionBuilder<Database, 'capacity_outbox'>, f: EventFilter): Expression<SqlBool> {
+/** Text searched for literally inside a LIKE pattern. */
+export function likeContains(text: string): string {
+  return `%${text.replace(/[\\%_]/g, '\\$&')}%`;
+}
+
+/** The WHERE of every filtered operator command (events stats, list, replay). */
+export function filterExpr(eb: ExpressionBuilder<Database, 'capacity_outbox'>, f: EventFilter): Expression<SqlBool> {
   const parts: Expression<SqlBool>[] = [];
   if (f.types?.length) parts.push(eb.or(f.types.map((t) => eb('event_type', 'like', patternToLike(t)))));
   if (f.tenant) parts.push(eb('restaurant_id', '=', f.tenant));
   if (f.since) parts.push(eb('created_at', '>=', f.since));
   if (f.until) parts.push(eb('created_at', '<', f.until));
   if (f.ids?.length) parts.push(eb('id', 'in', f.ids));
+  if (f.errorContains !== undefined) parts.push(eb('last_error', 'ilike', likeContains(f.errorContains)));
+  if (f.orderingKey !== undefined) parts.push(eb('ordering_key', '=', f.orderingKey));
   return eb.and(parts);
 }
 
@@ -114,7 +125,7 @@ export interface ReplayResult {
 export async function replayDead(
   db: Kysely<Database>,
   filter: EventFilter,
-  opts: { batchSize?: number; max?: number } = {},
+  opts: { batchSize?: number; max?: number; auditId?: string } = {},
 ): Promise<ReplayResult> {
   const batchSize = opts.batchSize ?? 500;
   const max = opts.max ?? Number.POSITIVE_INFINITY;
@@ -158,6 +169,10 @@ export async function replayDead(
           .limit(1)
           .as('last_created_at'),
         eb.selectFrom('candidates').select('id').orderBy('created_at', 'desc').orderBy('id', 'desc').limit(1).as('last_id'),
+        // The audit entry counts each batch in the batch's own statement (same transaction).
+        ...(opts.auditId === undefined
+          ? []
+          : [sql<null>`outbox_dispatcher.operator_audit_add(${opts.auditId}::bigint, (SELECT count(*) FROM replayed))`.as('audited')]),
       ])
       .executeTakeFirstOrThrow();
     const seen = Number(row.seen ?? 0);

@@ -1,0 +1,104 @@
+import { loadEnvConfig } from '../config/env.ts';
+import { compileRoutes, DEFAULT_EMBEDDED_ROUTES, loadRoutesFile } from '../config/routes.ts';
+import { listPauses, pauseSink, resumeSink, type SinkPause } from '../db/queries/sink-pauses.ts';
+import { EXIT } from '../kernel/exit-codes.ts';
+import { actorFor } from './actor.ts';
+import { withDatabase } from './connection.ts';
+import { printJson, table } from './output.ts';
+import { UsageError } from './parse.ts';
+
+interface SinkOptions {
+  json?: boolean;
+  databaseUrl?: string;
+}
+
+const SINK_NAME = /^[A-Za-z0-9_.:-]{1,64}$/;
+
+/**
+ * The sinks configured here (OUTBOX_ROUTES, or the embedded default without DATABASE_URL), or
+ * undefined when this environment names no routes: the CLI then knows only the paused ones.
+ */
+function configuredSinks(env: NodeJS.ProcessEnv, databaseUrl: string | undefined): { name: string; type: string; match: string[] }[] | undefined {
+  const config = loadEnvConfig(env);
+  const file = config.routesSource ? loadRoutesFile(config.routesSource) : !(databaseUrl ?? config.databaseUrl) ? DEFAULT_EMBEDDED_ROUTES : undefined;
+  if (!file) return undefined;
+  const bySink = new Map<string, { name: string; type: string; match: string[] }>();
+  for (const r of compileRoutes(file, config.dispatch.leaseMs)) {
+    const s = bySink.get(r.sinkName) ?? { name: r.sinkName, type: r.sink.type, match: [] };
+    s.match.push(r.match);
+    bySink.set(r.sinkName, s);
+  }
+  return [...bySink.values()];
+}
+
+function parseSinkName(name: string, env: NodeJS.ProcessEnv, databaseUrl: string | undefined): string {
+  if (!SINK_NAME.test(name)) throw new UsageError('<name> must be a sink name: letters, digits and _ . : - (1-64)');
+  const sinks = configuredSinks(env, databaseUrl);
+  if (sinks && !sinks.some((s) => s.name === name)) {
+    throw new UsageError(`no sink ${JSON.stringify(name)} in the routes (OUTBOX_ROUTES); configured: ${sinks.map((s) => s.name).join(', ')}`);
+  }
+  return name;
+}
+
+export async function sinksPauseCommand(name: string, opts: SinkOptions & { reason?: string }, env: NodeJS.ProcessEnv = process.env): Promise<number> {
+  const sink = parseSinkName(name, env, opts.databaseUrl);
+  const reason = opts.reason?.trim();
+  if (!reason || reason.length > 500 || /[\u0000-\u001f]/.test(reason)) throw new UsageError('sinks pause needs --reason <text> (1 to 500 characters): it is shown to everyone who looks');
+  const result = await withDatabase(opts, env, (db) => pauseSink(db, sink, reason, actorFor('sinks pause', env)));
+  if (opts.json) printJson({ sink, result });
+  else if (result === 'paused') process.stdout.write(`paused ${sink}: every replica stops sending to it within seconds; its events stay pending and spend no attempts\n`);
+  else process.stdout.write(`${sink} was already paused; the first pause (who, since, reason) stands: see "sinks status"\n`);
+  return EXIT.OK;
+}
+
+export async function sinksResumeCommand(name: string, opts: SinkOptions, env: NodeJS.ProcessEnv = process.env): Promise<number> {
+  const sink = parseSinkName(name, env, opts.databaseUrl);
+  const due = await withDatabase(opts, env, (db) => resumeSink(db, sink, actorFor('sinks resume', env)));
+  if (opts.json) printJson({ sink, result: due === undefined ? 'not_paused' : 'resumed', madeDue: due ?? 0 });
+  else if (due === undefined) process.stdout.write(`${sink} was not paused; nothing changed\n`);
+  else process.stdout.write(`resumed ${sink}: ${due} parked event(s) are due again\n`);
+  return due === undefined ? EXIT.FAILURE : EXIT.OK;
+}
+
+export interface SinkStatus {
+  sink: string;
+  type: string | null;
+  /** Route patterns sending to it; null when this environment has no routes. */
+  match: string[] | null;
+  paused: boolean;
+  pause: Omit<SinkPause, 'sink'> | null;
+}
+
+export async function sinksStatusCommand(opts: SinkOptions, env: NodeJS.ProcessEnv = process.env): Promise<number> {
+  const configured = configuredSinks(env, opts.databaseUrl);
+  const pauses = await withDatabase(opts, env, (db) => listPauses(db));
+  const names = new Set([...(configured ?? []).map((s) => s.name), ...pauses.map((p) => p.sink)]);
+  const status: SinkStatus[] = [...names].sort().map((name) => {
+    const c = configured?.find((s) => s.name === name);
+    const p = pauses.find((x) => x.sink === name);
+    const { sink: _s, ...pause } = p ?? ({} as SinkPause);
+    return { sink: name, type: c?.type ?? null, match: c?.match ?? null, paused: p !== undefined, pause: p ? pause : null };
+  });
+  const perReplica =
+    "circuit state and in-flight sends are each replica's own: outbox_sink_circuit_state{sink} and outbox_inflight_events on that replica's /metrics";
+  if (opts.json) {
+    printJson({ sinks: status, routesKnown: configured !== undefined, perReplica });
+    return EXIT.OK;
+  }
+  process.stdout.write(
+    `${table(
+      status.map((s) => ({
+        sink: s.sink,
+        type: s.type ?? '?',
+        paused: s.paused ? 'PAUSED' : 'no',
+        since: s.pause?.paused_at ?? '',
+        by: s.pause ? `${s.pause.login_role}${s.pause.os_user ? ` (os user ${s.pause.os_user})` : ''}` : '',
+        parked: s.pause ? s.pause.parked : '',
+        reason: s.pause?.reason ?? '',
+      })),
+    )}\n`,
+  );
+  if (configured === undefined) process.stdout.write('\n(OUTBOX_ROUTES is not set here: only paused sinks are listed)\n');
+  process.stdout.write(`\n${perReplica}\n`);
+  return EXIT.OK;
+}
