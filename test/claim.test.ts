@@ -1,26 +1,13 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect } from 'vitest';
 import { claimBatch, claimStatement, completeBatch, rescueExpiredLeases } from '../src/db/queries/outbox.ts';
 import { explainNested } from './support/explain.ts';
-import { createTestDatabase, produce, statusCounts, tenantId, waitFor, type TestDatabase } from './support/db.ts';
+import { produce, statusCounts, tenantId, waitFor } from './support/db.ts';
 import { recordingSink, startDaemon } from './support/daemon.ts';
 import type { Daemon } from '../src/lifecycle/daemon.ts';
-
-let db: TestDatabase;
-beforeAll(async () => {
-  db = await createTestDatabase();
-});
-afterAll(async () => {
-  await db.drop();
-});
-
-async function reset() {
-  await db.query('TRUNCATE capacity_outbox');
-  await db.query('TRUNCATE outbox_dispatcher.capacity_outbox_active_keys');
-}
+import { it } from './support/fixtures.ts';
 
 describe('claim query', () => {
-  it('walks the (status, next_attempt_at) dispatch index, as deployed (worker role, RLS on)', async () => {
-    await reset();
+  it('walks the (status, next_attempt_at) dispatch index, as deployed (worker role, RLS on)', async ({ db }) => {
     await db.query(
       `INSERT INTO capacity_outbox (restaurant_id, event_type, status)
        SELECT gen_random_uuid(), 'x', CASE WHEN g % 100 = 0 THEN 'pending' ELSE 'done' END FROM generate_series(1, 20000) g`,
@@ -41,8 +28,7 @@ describe('claim query', () => {
     expect(text).not.toMatch(/"Node Type":"(Seq Scan|Sort|Bitmap Heap Scan)"/);
   });
 
-  it('never hands one event to two concurrent claimers', async () => {
-    await reset();
+  it('never hands one event to two concurrent claimers', async ({ db }) => {
     await db.query(`INSERT INTO capacity_outbox (restaurant_id, event_type) SELECT gen_random_uuid(), 'x' FROM generate_series(1, 2000)`);
     const worker = db.workerDb();
     const seen = new Map<string, string>();
@@ -64,8 +50,7 @@ describe('claim query', () => {
     expect(rows[0].n).toBe(0);
   });
 
-  it('completes only events still leased by the same worker at the same attempt', async () => {
-    await reset();
+  it('completes only events still leased by the same worker at the same attempt', async ({ db }) => {
     const t = tenantId();
     await produce(db.producerUrl, t, [{ type: 'x' }, { type: 'x' }]);
     const worker = db.workerDb();
@@ -79,8 +64,7 @@ describe('claim query', () => {
     expect(await completeBatch(worker, 'w2', [{ id: b!.id, createdAtKey: b!.created_at_key, attempt: 1, outcome: { kind: 'done' } }])).toEqual(new Set());
   });
 
-  it('rescues expired leases back to pending, and dead-letters them on the last attempt', async () => {
-    await reset();
+  it('rescues expired leases back to pending, and dead-letters them on the last attempt', async ({ db }) => {
     await produce(db.producerUrl, tenantId(), [{ type: 'x' }, { type: 'y' }]);
     const worker = db.workerDb();
     await claimBatch(worker, { workerId: 'gone', limit: 10, leaseMs: 1, maxPayloadBytes: 1_048_576 });
@@ -93,8 +77,7 @@ describe('claim query', () => {
     expect(rows[1].last_error).toMatch(/lease expired: worker gone did not finish attempt 3/);
   });
 
-  it('within the retry horizon, dead-letters an expired last attempt only if the one before also expired (ADR 0007)', async () => {
-    await reset();
+  it('within the retry horizon, dead-letters an expired last attempt only if the one before also expired (ADR 0007)', async ({ db }) => {
     // Events that spent many attempts on a sink outage, then lost their worker.
     await produce(db.producerUrl, tenantId(), [{ type: 'outage' }, { type: 'poison' }, { type: 'old' }]);
     const worker = db.workerDb();
@@ -119,8 +102,7 @@ describe('claim query', () => {
 });
 
 describe('dispatch with four workers', () => {
-  it('dispatches every event exactly once, never to two workers at the same time', async () => {
-    await reset();
+  it('dispatches every event exactly once, never to two workers at the same time', async ({ db }) => {
     const sinks = [1, 2, 3, 4].map(() => recordingSink('test', () => new Promise((r) => setTimeout(r, Math.random() * 5))));
     const daemons: Daemon[] = [];
     try {

@@ -1,18 +1,11 @@
 import pg from 'pg';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect } from 'vitest';
 import { replayDead } from '../src/db/queries/operator.ts';
 import { claimBatch, completeBatch, rescueExpiredLeases, type ClaimedRow } from '../src/db/queries/outbox.ts';
-import { createTestDatabase, produce, tenantId, type TestDatabase } from './support/db.ts';
+import { produce, tenantId, type TestDatabase } from './support/db.ts';
+import { it } from './support/fixtures.ts';
 
-let db: TestDatabase;
-beforeAll(async () => {
-  db = await createTestDatabase();
-});
-afterAll(async () => {
-  await db.drop();
-});
-
-async function producerClient(tenant: string): Promise<pg.Client> {
+async function producerClient(db: TestDatabase, tenant: string): Promise<pg.Client> {
   const c = new pg.Client(db.producerUrl);
   await c.connect();
   await c.query('BEGIN');
@@ -24,9 +17,9 @@ const insertSql = `INSERT INTO capacity_outbox (restaurant_id, event_type, paylo
                    VALUES ($1, $2, '{}', $3, $4) RETURNING id`;
 
 describe('dedupe of active events', () => {
-  it('drops a duplicate without aborting the producer transaction, and the producer can tell', async () => {
+  it('drops a duplicate without aborting the producer transaction, and the producer can tell', async ({ fileDb: db }) => {
     const t = tenantId();
-    const c = await producerClient(t);
+    const c = await producerClient(db, t);
     try {
       const first = await c.query(insertSql, [t, 'booking.created', 'b-1', null]);
       const dup = await c.query(insertSql, [t, 'booking.created', 'b-1', null]);
@@ -43,7 +36,7 @@ describe('dedupe of active events', () => {
     expect(rows.map((r) => r.dedupe_key)).toEqual(['b-1', 'b-2']);
   });
 
-  it('treats NULL and empty keys alike, keys on (event_type, dedupe_key, idempotency_key), and never dedupes keyless events', async () => {
+  it('treats NULL and empty keys alike, keys on (event_type, dedupe_key, idempotency_key), and never dedupes keyless events', async ({ fileDb: db }) => {
     const t = tenantId();
     const ids = await produce(db.producerUrl, t, [
       { type: 'a', dedupeKey: 'k', idempotencyKey: null },
@@ -57,15 +50,15 @@ describe('dedupe of active events', () => {
     expect(ids).toHaveLength(6);
   });
 
-  it('scopes keys to the tenant: one tenant cannot suppress another tenant’s event', async () => {
+  it('scopes keys to the tenant: one tenant cannot suppress another tenant’s event', async ({ fileDb: db }) => {
     const [a, b] = [tenantId(), tenantId()];
     expect(await produce(db.producerUrl, a, [{ type: 'x', dedupeKey: 'shared' }])).toHaveLength(1);
     expect(await produce(db.producerUrl, b, [{ type: 'x', dedupeKey: 'shared' }])).toHaveLength(1);
   });
 
-  it('serialises concurrent producers of one key: the second waits, then is dropped if the first commits', async () => {
+  it('serialises concurrent producers of one key: the second waits, then is dropped if the first commits', async ({ fileDb: db }) => {
     const t = tenantId();
-    const [c1, c2] = [await producerClient(t), await producerClient(t)];
+    const [c1, c2] = [await producerClient(db, t), await producerClient(db, t)];
     try {
       expect((await c1.query(insertSql, [t, 'race', 'k', null])).rowCount).toBe(1);
       let settled = false;
@@ -74,7 +67,7 @@ describe('dedupe of active events', () => {
         return r;
       });
       // c2 blocks on c1's uncommitted key until c1 finishes.
-      await waitForLockWait(c2);
+      await waitForLockWait(db, c2);
       expect(settled).toBe(false);
       await c1.query('COMMIT');
       expect((await second).rowCount).toBe(0);
@@ -87,13 +80,13 @@ describe('dedupe of active events', () => {
     expect(rows[0].n).toBe(1);
   });
 
-  it('lets the waiting producer through when the first rolls back', async () => {
+  it('lets the waiting producer through when the first rolls back', async ({ fileDb: db }) => {
     const t = tenantId();
-    const [c1, c2] = [await producerClient(t), await producerClient(t)];
+    const [c1, c2] = [await producerClient(db, t), await producerClient(db, t)];
     try {
       await c1.query(insertSql, [t, 'race2', 'k', null]);
       const second = c2.query(insertSql, [t, 'race2', 'k', null]);
-      await waitForLockWait(c2);
+      await waitForLockWait(db, c2);
       await c1.query('ROLLBACK');
       expect((await second).rowCount).toBe(1);
       await c2.query('COMMIT');
@@ -103,7 +96,7 @@ describe('dedupe of active events', () => {
     }
   });
 
-  it('holds across partitions: an active event from last month still blocks its key', async () => {
+  it('holds across partitions: an active event from last month still blocks its key', async ({ fileDb: db }) => {
     const t = tenantId();
     await db.query(`SELECT outbox_dispatcher.ensure_monthly_partition('public.capacity_outbox', (date_trunc('month', now() AT TIME ZONE 'UTC') - interval '1 month')::date)`);
     // Written as the owner: producers cannot choose created_at.
@@ -116,7 +109,7 @@ describe('dedupe of active events', () => {
     expect(await produce(db.producerUrl, t, [{ type: 'booking.updated', dedupeKey: 'b-9' }])).toEqual([]);
   });
 
-  it('releases the key when the event reaches done or dead', async () => {
+  it('releases the key when the event reaches done or dead', async ({ fileDb: db }) => {
     const t = tenantId();
     const [id] = await produce(db.producerUrl, t, [{ type: 'rel', dedupeKey: 'k' }]);
     await db.query("UPDATE capacity_outbox SET status = 'done' WHERE id = $1", [id]);
@@ -126,7 +119,7 @@ describe('dedupe of active events', () => {
     expect(await produce(db.producerUrl, t, [{ type: 'rel', dedupeKey: 'k' }])).toHaveLength(1);
   });
 
-  it('replaying a dead event re-takes its key, and is skipped while another active event holds it', async () => {
+  it('replaying a dead event re-takes its key, and is skipped while another active event holds it', async ({ fileDb: db }) => {
     const t = tenantId();
     const [dead] = await produce(db.producerUrl, t, [{ type: 'rep', dedupeKey: 'k' }]);
     await db.query("UPDATE capacity_outbox SET status = 'dead', last_error = 'x' WHERE id = $1", [dead]);
@@ -142,86 +135,86 @@ describe('dedupe of active events', () => {
 
 describe('dedupe semantics of ADR 0001 (revision 2026-11-30)', () => {
   /** Claims everything due as `worker` and returns the row of `id` (other tests' rows are claimed too, harmlessly). */
-  async function claim(id: string, workerId = 'w-dedupe', leaseMs = 60_000): Promise<ClaimedRow> {
+  async function claim(db: TestDatabase, id: string, workerId = 'w-dedupe', leaseMs = 60_000): Promise<ClaimedRow> {
     const rows = await claimBatch(db.workerDb(), { workerId, limit: 5000, leaseMs, maxPayloadBytes: 1_048_576 });
     const row = rows.find((r) => r.id === id);
     if (!row) throw new Error(`event ${id} was not claimed`);
     return row;
   }
-  async function eventRow(id: string) {
+  async function eventRow(db: TestDatabase, id: string) {
     const { rows } = await db.query('SELECT status, payload, last_error, dispatched_at FROM capacity_outbox WHERE id = $1', [id]);
     return rows[0];
   }
 
-  it('accepts a newer event while the older one is in flight, and delivers its payload (repro 20)', async () => {
+  it('accepts a newer event while the older one is in flight, and delivers its payload (repro 20)', async ({ fileDb: db }) => {
     const t = tenantId();
     const [older] = await produce(db.producerUrl, t, [{ type: 'booking.updated', dedupeKey: 'booking-42', payload: { guests: 2 } }]);
-    const row = await claim(older!);
+    const row = await claim(db, older!);
     expect(row.payload).toEqual({ guests: 2 }); // handed to a worker: the consumer may already have it
     const [newer] = await produce(db.producerUrl, t, [{ type: 'booking.updated', dedupeKey: 'booking-42', payload: { guests: 6 } }]);
     expect(newer).toBeDefined();
     // A third event while the newer one is still queued is a duplicate of a pending event: dropped.
     expect(await produce(db.producerUrl, t, [{ type: 'booking.updated', dedupeKey: 'booking-42', payload: { guests: 7 } }])).toEqual([]);
     expect(await completeBatch(db.workerDb(), 'w-dedupe', [{ id: older!, createdAtKey: row.created_at_key, attempt: row.attempts, outcome: { kind: 'done' } }])).toEqual(new Set([older]));
-    const next = await claim(newer!);
+    const next = await claim(db, newer!);
     expect(next.payload).toEqual({ guests: 6 });
     const { rows } = await db.query("SELECT status, payload FROM capacity_outbox WHERE restaurant_id = $1 ORDER BY created_at", [t]);
     expect(rows).toEqual([{ status: 'done', payload: { guests: 2 } }, { status: 'processing', payload: { guests: 6 } }]);
   });
 
-  it('supersedes the older event when it is retried or released while a newer one is queued', async () => {
+  it('supersedes the older event when it is retried or released while a newer one is queued', async ({ fileDb: db }) => {
     const t = tenantId();
     for (const outcome of [{ kind: 'retry', delayMs: 0, error: 'HTTP 503' }, { kind: 'release' }] as const) {
       const type = `sup.${outcome.kind}`;
       const [older] = await produce(db.producerUrl, t, [{ type, dedupeKey: 'k', payload: { v: 1 } }]);
-      const row = await claim(older!);
+      const row = await claim(db, older!);
       const [newer] = await produce(db.producerUrl, t, [{ type, dedupeKey: 'k', payload: { v: 2 } }]);
       expect(await completeBatch(db.workerDb(), 'w-dedupe', [{ id: older!, createdAtKey: row.created_at_key, attempt: row.attempts, outcome }])).toEqual(new Set([older]));
-      const o = await eventRow(older!);
+      const o = await eventRow(db, older!);
       expect(o.status).toBe('done');
       expect(o.dispatched_at).toBeNull();
       expect(o.last_error).toContain(`superseded by event ${newer}`);
-      expect((await eventRow(newer!)).status).toBe('pending');
+      expect((await eventRow(db, newer!)).status).toBe('pending');
       // Exactly one queued event holds the key.
       expect(await produce(db.producerUrl, t, [{ type, dedupeKey: 'k' }])).toEqual([]);
     }
   });
 
-  it('supersedes an older event whose lease expired while a newer one is queued; without one, the retry re-takes the key', async () => {
+  it('supersedes an older event whose lease expired while a newer one is queued; without one, the retry re-takes the key', async ({ fileDb: db }) => {
     const t = tenantId();
     const [older] = await produce(db.producerUrl, t, [{ type: 'lease', dedupeKey: 'k' }]);
-    await claim(older!, 'w-dies', 1000);
+    await claim(db, older!, 'w-dies', 1000);
     const [newer] = await produce(db.producerUrl, t, [{ type: 'lease', dedupeKey: 'k' }]);
     await db.query("UPDATE capacity_outbox SET next_attempt_at = now() - interval '1 second' WHERE id = $1", [older]);
     await rescueExpiredLeases(db.workerDb(), { limit: 1000, maxAttempts: 10, retryHorizonMs: 86_400_000 });
-    expect((await eventRow(older!)).last_error).toContain(`superseded by event ${newer}`);
-    expect((await eventRow(newer!)).status).toBe('pending');
+    expect((await eventRow(db, older!)).last_error).toContain(`superseded by event ${newer}`);
+    expect((await eventRow(db, newer!)).status).toBe('pending');
 
     // No newer event: the retried event goes back to pending and holds its key again.
     const [solo] = await produce(db.producerUrl, t, [{ type: 'solo', dedupeKey: 'k' }]);
-    const row = await claim(solo!);
+    const row = await claim(db, solo!);
     await completeBatch(db.workerDb(), 'w-dedupe', [{ id: solo!, createdAtKey: row.created_at_key, attempt: row.attempts, outcome: { kind: 'retry', delayMs: 60_000, error: 'x' } }]);
-    expect((await eventRow(solo!)).status).toBe('pending');
+    expect((await eventRow(db, solo!)).status).toBe('pending');
     expect(await produce(db.producerUrl, t, [{ type: 'solo', dedupeKey: 'k' }])).toEqual([]);
   });
 
-  it('replays a dead event while a newer event of its key is in flight (no queued holder)', async () => {
+  it('replays a dead event while a newer event of its key is in flight (no queued holder)', async ({ fileDb: db }) => {
     const t = tenantId();
     const [dead] = await produce(db.producerUrl, t, [{ type: 'rep2', dedupeKey: 'k' }]);
     await db.query("UPDATE capacity_outbox SET status = 'dead', last_error = 'x' WHERE id = $1", [dead]);
     const [active] = await produce(db.producerUrl, t, [{ type: 'rep2', dedupeKey: 'k' }]);
-    await claim(active!);
+    await claim(db, active!);
     expect(await replayDead(db.workerDb(), { tenant: t, types: ['rep2'] })).toEqual({ replayed: 1, skippedDuplicateKey: 0 });
-    expect((await eventRow(dead!)).status).toBe('pending');
+    expect((await eventRow(db, dead!)).status).toBe('pending');
   });
 
-  it('a claim racing a producer: the producer waits for the claim, accepted if it commits, dropped if it rolls back', async () => {
+  it('a claim racing a producer: the producer waits for the claim, accepted if it commits, dropped if it rolls back', async ({ fileDb: db }) => {
     for (const end of ['COMMIT', 'ROLLBACK'] as const) {
       const t = tenantId();
       const [older] = await produce(db.producerUrl, t, [{ type: `claimrace.${end}`, dedupeKey: 'k' }]);
       const worker = new pg.Client({ connectionString: db.workerUrl });
       await worker.connect();
-      const producer = await producerClient(t);
+      const producer = await producerClient(db, t);
       try {
         await worker.query('SET ROLE app_background');
         await worker.query('BEGIN');
@@ -232,7 +225,7 @@ describe('dedupe semantics of ADR 0001 (revision 2026-11-30)', () => {
         );
         expect(claimed.rowCount).toBe(1);
         const dup = producer.query(insertSql, [t, `claimrace.${end}`, 'k', null]);
-        await waitForLockWait(producer);
+        await waitForLockWait(db, producer);
         await worker.query(end);
         expect((await dup).rowCount).toBe(end === 'COMMIT' ? 1 : 0);
         await producer.query('COMMIT');
@@ -243,15 +236,15 @@ describe('dedupe semantics of ADR 0001 (revision 2026-11-30)', () => {
     }
   });
 
-  it('two producers of one key racing while the older event is in flight: exactly one newer event is queued', async () => {
+  it('two producers of one key racing while the older event is in flight: exactly one newer event is queued', async ({ fileDb: db }) => {
     const t = tenantId();
     const [older] = await produce(db.producerUrl, t, [{ type: 'race3', dedupeKey: 'k' }]);
-    await claim(older!);
-    const [c1, c2] = [await producerClient(t), await producerClient(t)];
+    await claim(db, older!);
+    const [c1, c2] = [await producerClient(db, t), await producerClient(db, t)];
     try {
       expect((await c1.query(insertSql, [t, 'race3', 'k', null])).rowCount).toBe(1);
       const second = c2.query(insertSql, [t, 'race3', 'k', null]);
-      await waitForLockWait(c2);
+      await waitForLockWait(db, c2);
       await c1.query('COMMIT');
       expect((await second).rowCount).toBe(0);
       await c2.query('COMMIT');
@@ -263,7 +256,7 @@ describe('dedupe semantics of ADR 0001 (revision 2026-11-30)', () => {
     expect(rows.map((r) => r.status)).toEqual(['processing', 'pending']);
   });
 
-  it.each(['REPEATABLE READ', 'SERIALIZABLE'])('a %s producer racing a committed insert of its key is dropped, its transaction commits (repro 02)', async (level) => {
+  it.for(['REPEATABLE READ', 'SERIALIZABLE'])('a %s producer racing a committed insert of its key is dropped, its transaction commits (repro 02)', async (level, { fileDb: db }) => {
     const t = tenantId();
     const rr = new pg.Client(db.producerUrl);
     await rr.connect();
@@ -282,9 +275,9 @@ describe('dedupe semantics of ADR 0001 (revision 2026-11-30)', () => {
     expect(rows.map((r) => r.dedupe_key)).toEqual(['sku-1', 'sku-2']);
   });
 
-  it('a REPEATABLE READ producer waiting on an uncommitted insert of its key is dropped when that commits', async () => {
+  it('a REPEATABLE READ producer waiting on an uncommitted insert of its key is dropped when that commits', async ({ fileDb: db }) => {
     const t = tenantId();
-    const [c1, rr] = [await producerClient(t), new pg.Client(db.producerUrl)];
+    const [c1, rr] = [await producerClient(db, t), new pg.Client(db.producerUrl)];
     await rr.connect();
     try {
       await rr.query('BEGIN ISOLATION LEVEL REPEATABLE READ');
@@ -292,7 +285,7 @@ describe('dedupe semantics of ADR 0001 (revision 2026-11-30)', () => {
       await rr.query('SELECT count(*) FROM capacity_outbox');
       expect((await c1.query(insertSql, [t, 'rr2', 'k', null])).rowCount).toBe(1);
       const dup = rr.query(insertSql, [t, 'rr2', 'k', null]);
-      await waitForLockWait(rr);
+      await waitForLockWait(db, rr);
       await c1.query('COMMIT');
       expect((await dup).rowCount).toBe(0);
       await rr.query('COMMIT');
@@ -302,7 +295,7 @@ describe('dedupe semantics of ADR 0001 (revision 2026-11-30)', () => {
     }
   });
 
-  it('does not reveal whether another tenant holds a key (repro 01)', async () => {
+  it('does not reveal whether another tenant holds a key (repro 01)', async ({ fileDb: db }) => {
     const [a, b] = [tenantId(), tenantId()];
     expect(await produce(db.producerUrl, b, [{ type: 'booking.created', dedupeKey: 'booking-42' }])).toHaveLength(1);
     const errorOf = async (context: string | null, key: string) => {
@@ -340,7 +333,7 @@ describe('dedupe semantics of ADR 0001 (revision 2026-11-30)', () => {
 });
 
 /** Resolves once `client`'s backend is waiting on a lock. */
-async function waitForLockWait(client: pg.Client): Promise<void> {
+async function waitForLockWait(db: TestDatabase, client: pg.Client): Promise<void> {
   const pid = (client as unknown as { processID: number }).processID;
   for (let i = 0; i < 200; i++) {
     const { rows } = await db.query("SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1", [pid]);

@@ -1,22 +1,14 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect } from 'vitest';
 import { claimBatch } from '../src/db/queries/outbox.ts';
 import { partitionStatus } from '../src/partitions/status.ts';
-import { createTestDatabase, type TestDatabase } from './support/db.ts';
 import { runCli } from './support/cli.ts';
+import { it } from './support/fixtures.ts';
 
 // The incident scenarios not covered end to end against Prometheus (alerting.e2e.test.ts)
 // are checked here for the condition they must create.
 
-let db: TestDatabase;
-beforeAll(async () => {
-  db = await createTestDatabase();
-});
-afterAll(async () => {
-  await db.drop();
-});
-
 describe('incident scenarios', () => {
-  it('runway-low drops empty future partitions (runway under the alert threshold) and partitions rotate restores it', async () => {
+  it('runway-low drops empty future partitions (runway under the alert threshold) and partitions rotate restores it', async ({ fileDb: db }) => {
     const r = await runCli(['incident', 'runway-low', '--database-url', db.adminUrl]);
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toContain('dropped empty future partitions');
@@ -28,7 +20,7 @@ describe('incident scenarios', () => {
     expect(ok!.runwaySeconds!).toBeGreaterThan(85 * 86400);
   }, 240_000); // two CLI starts; slow only on a loaded machine
 
-  it('claim-latency pushes the claim statement past the 10 ms budget while it runs', async () => {
+  it('claim-latency pushes the claim statement past the 10 ms budget while it runs', async ({ fileDb: db }) => {
     const incident = runCli(['incident', 'claim-latency', '--duration', '3', '--hold', '80', '--database-url', db.adminUrl]);
     const worker = db.workerDb();
     await new Promise((r) => setTimeout(r, 500));
@@ -43,7 +35,7 @@ describe('incident scenarios', () => {
     expect(Math.max(...timings)).toBeGreaterThan(10);
   });
 
-  it('rejects unknown scenarios', async () => {
+  it('rejects unknown scenarios', async ({ fileDb: db }) => {
     const r = await runCli(['incident', 'meteor']);
     expect(r.code).toBe(64);
     expect(r.stderr).toContain('unknown scenario');

@@ -1,23 +1,15 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect } from 'vitest';
 import { claimBatch } from '../src/db/queries/outbox.ts';
 import { recordingSink, startDaemon } from './support/daemon.ts';
-import { createTestDatabase, statusCounts, waitFor, type TestDatabase } from './support/db.ts';
+import { statusCounts, waitFor, type TestDatabase } from './support/db.ts';
+import { it } from './support/fixtures.ts';
 
 // Issue 10, item 7 (repro 14): a payload over OUTBOX_MAX_PAYLOAD_BYTES is measured in the
 // claim, in SQL, and never sent to the worker; the events claimed with it are unaffected.
 
 const MAX = 1_048_576;
-let db: TestDatabase;
-beforeAll(async () => {
-  db = await createTestDatabase();
-});
-afterAll(async () => {
-  await db.drop();
-});
 
-async function seed() {
-  await db.query('TRUNCATE capacity_outbox');
-  await db.query('TRUNCATE outbox_dispatcher.capacity_outbox_active_keys');
+async function seed(db: TestDatabase) {
   await db.query(
     `INSERT INTO capacity_outbox (restaurant_id, event_type, payload, next_attempt_at)
      SELECT gen_random_uuid(), 'innocent', jsonb_build_object('i', g), now() - interval '1 min' FROM generate_series(1, 20) g`,
@@ -42,8 +34,8 @@ async function seed() {
 }
 
 describe('oversized payloads', () => {
-  it('the claim returns an oversized payload as NULL with its size, and the rest of the batch intact', async () => {
-    const textBytes = await seed();
+  it('the claim returns an oversized payload as NULL with its size, and the rest of the batch intact', async ({ db }) => {
+    const textBytes = await seed(db);
     const rows = await claimBatch(db.workerDb(), { workerId: 'w', limit: 100, leaseMs: 30_000, maxPayloadBytes: MAX });
     expect(rows).toHaveLength(22);
     const huge = rows.find((r) => r.event_type === 'huge')!;
@@ -60,8 +52,8 @@ describe('oversized payloads', () => {
     }
   });
 
-  it('the daemon dead-letters it as malformed with its size, and delivers the rest', async () => {
-    const textBytes = await seed();
+  it('the daemon dead-letters it as malformed with its size, and delivers the rest', async ({ db }) => {
+    const textBytes = await seed(db);
     const sink = recordingSink('test');
     const daemon = await startDaemon(db, { sinks: { test: sink } });
     try {

@@ -1,5 +1,5 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createTestDatabase, type TestDatabase } from './support/db.ts';
+import { describe, expect } from 'vitest';
+import { it } from './support/fixtures.ts';
 
 // app_background must hold exactly the documented privileges (README "Deploying",
 // runbooks/rls.md): a new grant is a decision, made here on purpose.
@@ -44,16 +44,8 @@ const DOCUMENTED = {
   ],
 };
 
-let db: TestDatabase;
-beforeAll(async () => {
-  db = await createTestDatabase();
-});
-afterAll(async () => {
-  await db.drop();
-});
-
 describe('app_background', () => {
-  it('has no attribute beyond NOLOGIN member role', async () => {
+  it('has no attribute beyond NOLOGIN member role', async ({ fileDb: db }) => {
     const { rows } = await db.query(
       "SELECT rolsuper, rolbypassrls, rolcreatedb, rolcreaterole, rolreplication, rolcanlogin FROM pg_roles WHERE rolname = 'app_background'",
     );
@@ -62,7 +54,7 @@ describe('app_background', () => {
     expect(member.rows).toEqual([]); // it inherits from nobody
   });
 
-  it('holds exactly the documented grants on tables, columns and functions', async () => {
+  it('holds exactly the documented grants on tables, columns and functions', async ({ fileDb: db }) => {
     const tables = await db.query<{ p: string }>(
       `SELECT n.nspname || '.' || c.relname || ': ' || a.privilege_type AS p
        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace, aclexplode(c.relacl) a

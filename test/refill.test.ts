@@ -1,25 +1,16 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect } from 'vitest';
 import { startDaemon } from './support/daemon.ts';
-import { createTestDatabase, statusCounts, waitFor, type TestDatabase } from './support/db.ts';
+import { statusCounts, waitFor } from './support/db.ts';
+import { it } from './support/fixtures.ts';
 
 // Issue 9: with a backlog the worker claims full batches (not the handful of slots a
 // finished event frees), read from the claim batch-size histogram.
 
-let db: TestDatabase;
-beforeAll(async () => {
-  db = await createTestDatabase();
-});
-afterAll(async () => {
-  await db.drop();
-});
-
 describe('refill', () => {
-  it.each([
+  it.for([
     { batch: 100, concurrency: 32 },
     { batch: 50, concurrency: 200 },
-  ])('claims full batches while a backlog drains (batch $batch, concurrency $concurrency)', async ({ batch, concurrency }) => {
-    await db.query('TRUNCATE capacity_outbox');
-    await db.query('TRUNCATE outbox_dispatcher.capacity_outbox_active_keys');
+  ])('claims full batches while a backlog drains (batch $batch, concurrency $concurrency)', async ({ batch, concurrency }, { db }) => {
     const total = 4000;
     await db.query(
       `INSERT INTO capacity_outbox (restaurant_id, event_type, payload, dedupe_key, next_attempt_at)

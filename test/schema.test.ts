@@ -1,21 +1,14 @@
 import pg from 'pg';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect } from 'vitest';
 import { loadMigrations, migrate, migrationStatus, MigrationError } from '../src/db/migrator.ts';
 import { preflight } from '../src/db/preflight.ts';
 import { EXIT, StartupError } from '../src/kernel/exit-codes.ts';
 import { createLogger } from '../src/kernel/log.ts';
-import { createEmptyDatabase, createTestDatabase, type TestDatabase } from './support/db.ts';
-
-let db: TestDatabase;
-beforeAll(async () => {
-  db = await createTestDatabase();
-});
-afterAll(async () => {
-  await db.drop();
-});
+import { createEmptyDatabase } from './support/db.ts';
+import { it } from './support/fixtures.ts';
 
 describe('migrations', () => {
-  it('apply once when two replicas migrate at the same moment, and are idempotent afterwards', async () => {
+  it('apply once when two replicas migrate at the same moment, and are idempotent afterwards', async ({ fileDb: db }) => {
     const target = await createEmptyDatabase();
     const clients = [new pg.Client(target.url), new pg.Client(target.url)];
     try {
@@ -32,7 +25,7 @@ describe('migrations', () => {
     }
   });
 
-  it('refuse to continue when an applied migration was edited', async () => {
+  it('refuse to continue when an applied migration was edited', async ({ fileDb: db }) => {
     const c = new pg.Client(db.adminUrl);
     await c.connect();
     try {
@@ -44,7 +37,7 @@ describe('migrations', () => {
     }
   });
 
-  it('run refuses to start against a database whose migrations are behind (exit 79)', async () => {
+  it('run refuses to start against a database whose migrations are behind (exit 79)', async ({ fileDb: db }) => {
     await db.query(`DELETE FROM outbox_dispatcher.schema_migrations WHERE version = (SELECT max(version) FROM outbox_dispatcher.schema_migrations)`);
     try {
       const err = await preflight(db.workerUrl, { allowPrivilegedRole: false, log: createLogger('silent') }).catch((e: unknown) => e);
@@ -59,7 +52,7 @@ describe('migrations', () => {
     await expect(preflight(db.workerUrl, { allowPrivilegedRole: false, log: createLogger('silent') })).resolves.toEqual({ roleSwitch: false });
   });
 
-  it('refuses a superuser login unless explicitly overridden (exit 77)', async () => {
+  it('refuses a superuser login unless explicitly overridden (exit 77)', async ({ fileDb: db }) => {
     const err = await preflight(db.adminUrl, { allowPrivilegedRole: false, log: createLogger('silent') }).catch((e: unknown) => e);
     expect((err as StartupError).exitCode).toBe(EXIT.PRIVILEGED_ROLE);
     expect((err as Error).message).toMatch(/refusing to run as a superuser/);
@@ -69,12 +62,12 @@ describe('migrations', () => {
 });
 
 describe('schema', () => {
-  it('app_background is NOLOGIN, not superuser, not BYPASSRLS', async () => {
+  it('app_background is NOLOGIN, not superuser, not BYPASSRLS', async ({ fileDb: db }) => {
     const { rows } = await db.query("SELECT rolcanlogin, rolsuper, rolbypassrls, rolcreaterole, rolcreatedb FROM pg_roles WHERE rolname = 'app_background'");
     expect(rows[0]).toEqual({ rolcanlogin: false, rolsuper: false, rolbypassrls: false, rolcreaterole: false, rolcreatedb: false });
   });
 
-  it('capacity_outbox is partitioned by month on created_at with RLS enabled and forced', async () => {
+  it('capacity_outbox is partitioned by month on created_at with RLS enabled and forced', async ({ fileDb: db }) => {
     const { rows } = await db.query(
       `SELECT c.relkind, c.relrowsecurity, c.relforcerowsecurity, pg_get_partkeydef(c.oid) AS partkey
        FROM pg_class c WHERE c.oid = 'public.capacity_outbox'::regclass`,
@@ -82,7 +75,7 @@ describe('schema', () => {
     expect(rows[0]).toEqual({ relkind: 'p', relrowsecurity: true, relforcerowsecurity: true, partkey: 'RANGE (created_at)' });
   });
 
-  it('has partitions for the current month and the next two (UTC), plus a default partition', async () => {
+  it('has partitions for the current month and the next two (UTC), plus a default partition', async ({ fileDb: db }) => {
     const { rows } = await db.query<{ relname: string; bound: string }>(
       `SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) AS bound
        FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
@@ -97,11 +90,11 @@ describe('schema', () => {
     expect(first.bound).toContain(`'${months[0]!.toISOString().slice(0, 10)} 00:00:00+00'`);
   });
 
-  it('rejects a hostile parent name in the partition helper', async () => {
+  it('rejects a hostile parent name in the partition helper', async ({ fileDb: db }) => {
     await expect(db.query(`SELECT outbox_dispatcher.monthly_partition_name('x; DROP TABLE y', '2026-01-01')`)).rejects.toThrow(/invalid partitioned table name/);
   });
 
-  it('every column but the producer contract has a default', async () => {
+  it('every column but the producer contract has a default', async ({ fileDb: db }) => {
     const { rows } = await db.query<{ column_name: string; is_nullable: string; column_default: string | null }>(
       `SELECT column_name, is_nullable, column_default FROM information_schema.columns
        WHERE table_schema = 'public' AND table_name = 'capacity_outbox'`,

@@ -1,26 +1,19 @@
 import pg from 'pg';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect } from 'vitest';
 import { preflight } from '../src/db/preflight.ts';
 import { EXIT, StartupError } from '../src/kernel/exit-codes.ts';
 import { createLogger } from '../src/kernel/log.ts';
 import { runCli, startWorkerProcess } from './support/cli.ts';
-import { createTestDatabase, produce, statusCounts, tenantId, waitFor, type TestDatabase } from './support/db.ts';
+import { produce, statusCounts, tenantId, waitFor } from './support/db.ts';
 import { startReceiver } from './support/http-receiver.ts';
 import { freePort } from './support/ports.ts';
+import { it } from './support/fixtures.ts';
 
 // What the tenancy, privilege and configuration tests do not already cover: BYPASSRLS logins,
 // injection through event data, and secrets staying out of logs, errors and /metrics.
 
-let db: TestDatabase;
-beforeAll(async () => {
-  db = await createTestDatabase();
-});
-afterAll(async () => {
-  await db.drop();
-});
-
 describe('security', () => {
-  it('refuses a BYPASSRLS login role (exit 77), like a superuser', async () => {
+  it('refuses a BYPASSRLS login role (exit 77), like a superuser', async ({ fileDb: db }) => {
     const role = `outbox_bypass_${process.pid}`;
     await db.query(`CREATE ROLE ${role} LOGIN BYPASSRLS PASSWORD 'x' IN ROLE app_background`);
     try {
@@ -35,7 +28,7 @@ describe('security', () => {
     }
   });
 
-  it('treats hostile event types, keys and payloads as data: stored literally, dead-lettered when malformed, nothing executed', async () => {
+  it('treats hostile event types, keys and payloads as data: stored literally, dead-lettered when malformed, nothing executed', async ({ fileDb: db }) => {
     const t = tenantId();
     const hostile = "x'); DROP TABLE capacity_outbox; --";
     const ids = await produce(db.producerUrl, t, [
@@ -53,7 +46,7 @@ describe('security', () => {
     expect((await db.query(`SELECT to_regclass('public.capacity_outbox') IS NOT NULL AS ok`)).rows[0].ok).toBe(true);
   });
 
-  it('never writes the database password or the HMAC secret to logs, errors or /metrics', async () => {
+  it('never writes the database password or the HMAC secret to logs, errors or /metrics', async ({ fileDb: db }) => {
     const secret = 'hmac-s3cr3t-value-0123456789';
     const receiver = await startReceiver(() => ({ status: 500, body: 'nope' }));
     const port = await freePort();
