@@ -10,15 +10,12 @@ import type { Logger } from '../kernel/log.ts';
  * the producers have committed. Idle, it costs one probe of a near-empty table per interval.
  */
 export class OrderingSettler extends PeriodicService<number> {
-  readonly name = 'ordering-settler';
   readonly #db: Kysely<Database>;
-  readonly #log: Logger;
   readonly #onSettled: () => void;
 
   constructor(db: Kysely<Database>, log: Logger, opts: { intervalMs: number; onSettled: () => void }) {
-    super(everyMs(opts.intervalMs));
+    super('ordering-settler', everyMs(opts.intervalMs), log);
     this.#db = db;
-    this.#log = log.child({ component: 'ordering-settler' });
     this.#onSettled = opts.onSettled;
   }
 
@@ -30,6 +27,6 @@ export class OrderingSettler extends PeriodicService<number> {
   }
 
   protected onError(err: unknown): void {
-    this.#log.warn({ err }, 'settling ordering keys failed; retrying next interval');
+    this.log.warn({ err }, 'settling ordering keys failed; retrying next interval');
   }
 }

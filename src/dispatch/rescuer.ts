@@ -23,16 +23,13 @@ export interface RescuerOptions {
  * so concurrent rescuers never double-handle an event and need no leader.
  */
 export class LeaseRescuer extends PeriodicService<RescueResult> {
-  readonly name = 'lease-rescuer';
   readonly #db: Kysely<Database>;
-  readonly #log: Logger;
   readonly #metrics: DispatcherMetrics;
   readonly #opts: RescuerOptions;
 
   constructor(db: Kysely<Database>, log: Logger, metrics: DispatcherMetrics, opts: RescuerOptions) {
-    super(everyMs(opts.intervalMs));
+    super('lease-rescuer', everyMs(opts.intervalMs), log);
     this.#db = db;
-    this.#log = log.child({ component: 'lease-rescuer' });
     this.#metrics = metrics;
     this.#opts = opts;
   }
@@ -58,13 +55,13 @@ export class LeaseRescuer extends PeriodicService<RescueResult> {
       this.#metrics.deadLettered.inc({ reason: 'lease_expired' }, total.deadLettered);
     }
     if (total.requeued + total.deadLettered > 0) {
-      this.#log.warn(total, 'rescued events with expired leases (a worker died or hung)');
+      this.log.warn(total, 'rescued events with expired leases (a worker died or hung)');
       if (total.requeued > 0) this.#opts.onRequeued?.();
     }
     return total;
   }
 
   protected onError(err: unknown): void {
-    this.#log.error({ err }, 'lease rescue failed; retrying next interval');
+    this.log.error({ err }, 'lease rescue failed; retrying next interval');
   }
 }

@@ -16,16 +16,13 @@ export const SINK_PAUSE_POLL_MS = 1000;
  * resume sends instead of parking.
  */
 export class SinkPauseWatcher extends PeriodicService<void> {
-  readonly name = 'sink-pauses';
   readonly #db: Kysely<Database>;
-  readonly #log: Logger;
   #paused = new Map<string, Date>();
   #stopped = false;
 
   constructor(db: Kysely<Database>, log: Logger, registry: Registry, sinkNames: Iterable<string>, opts: { intervalMs?: number } = {}) {
-    super(everyMs(opts.intervalMs ?? SINK_PAUSE_POLL_MS, 0.1));
+    super('sink-pauses', everyMs(opts.intervalMs ?? SINK_PAUSE_POLL_MS, 0.1), log);
     this.#db = db;
-    this.#log = log.child({ component: 'sink-pauses' });
     const names = [...sinkNames];
     const paused = () => this.#paused;
     // Every configured sink has both series from the start (0), so alerts and dashboards see them.
@@ -64,16 +61,16 @@ export class SinkPauseWatcher extends PeriodicService<void> {
   }
 
   protected onError(err: unknown): void {
-    this.#log.warn({ err }, 'reading sink pauses failed');
+    this.log.warn({ err }, 'reading sink pauses failed');
   }
 
   async runOnce(): Promise<void> {
     const next = await pausedSinks(this.#db);
-    for (const [sink, since] of next) if (!this.#paused.has(sink)) this.#log.warn({ sink, since }, 'sink paused: its events are parked, unattempted, until "sinks resume"');
-    for (const sink of this.#paused.keys()) if (!next.has(sink)) this.#log.info({ sink }, 'sink resumed');
+    for (const [sink, since] of next) if (!this.#paused.has(sink)) this.log.warn({ sink, since }, 'sink paused: its events are parked, unattempted, until "sinks resume"');
+    for (const sink of this.#paused.keys()) if (!next.has(sink)) this.log.info({ sink }, 'sink resumed');
     this.#paused = next;
     const unparked = await unparkOrphans(this.#db);
-    if (unparked > 0) this.#log.info({ unparked }, 'parked events of sinks no longer paused are due again');
+    if (unparked > 0) this.log.info({ unparked }, 'parked events of sinks no longer paused are due again');
   }
 
   override async stop(): Promise<void> {

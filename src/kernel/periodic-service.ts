@@ -1,4 +1,5 @@
 import cron from 'node-cron';
+import type { Logger } from './log.ts';
 import { jitter, sleep, type Service } from './service.ts';
 
 /** Waits until the next run is due; resolves at once when `signal` aborts. */
@@ -35,12 +36,16 @@ export function onCron(expression: string, name: string): Schedule {
  * means the service never runs; stop() waits for a running pass to finish.
  */
 export abstract class PeriodicService<Report = unknown> implements Service {
-  abstract readonly name: string;
+  readonly name: string;
+  /** The service's logger, its lines tagged with its name as `component`. */
+  protected readonly log: Logger;
   readonly #schedule: Schedule;
   readonly #stop = new AbortController();
   #loop: Promise<void> | undefined;
 
-  protected constructor(schedule: Schedule) {
+  protected constructor(name: string, schedule: Schedule, log: Logger) {
+    this.name = name;
+    this.log = log.child({ component: name });
     this.#schedule = schedule;
   }
 

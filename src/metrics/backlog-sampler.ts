@@ -8,16 +8,13 @@ import type { DispatcherMetrics } from './metrics.ts';
 
 /** Refreshes the backlog and lag gauges every `intervalMs` (bounded, index-only work). */
 export class BacklogSampler extends PeriodicService<void> {
-  readonly name = 'backlog-sampler';
   readonly #db: Kysely<Database>;
-  readonly #log: Logger;
   readonly #metrics: DispatcherMetrics;
   readonly #cap: number;
 
   constructor(db: Kysely<Database>, log: Logger, metrics: DispatcherMetrics, opts: { intervalMs: number; cap: number }) {
-    super(everyMs(opts.intervalMs, 0.1));
+    super('backlog-sampler', everyMs(opts.intervalMs, 0.1), log);
     this.#db = db;
-    this.#log = log.child({ component: 'backlog-sampler' });
     this.#metrics = metrics;
     this.#cap = opts.cap;
   }
@@ -33,6 +30,6 @@ export class BacklogSampler extends PeriodicService<void> {
 
   protected onError(err: unknown): void {
     this.#metrics.backlogSampleErrors.inc();
-    this.#log.warn({ err }, 'sampling the backlog failed');
+    this.log.warn({ err }, 'sampling the backlog failed');
   }
 }

@@ -19,24 +19,21 @@ export interface MaintenanceOptions {
  * it; the rotator's lease lets one work while the others only refresh metrics.
  */
 export class PartitionMaintenance extends PeriodicService<RotationReport> {
-  readonly name = 'partition-maintenance';
   readonly #db: Kysely<Database>;
-  readonly #log: Logger;
   readonly #metrics: PartitionMetrics;
   readonly #opts: MaintenanceOptions;
   readonly #rotator: PartitionRotator;
 
   constructor(db: Kysely<Database>, log: Logger, metrics: PartitionMetrics, opts: MaintenanceOptions) {
-    super(onCron(opts.cron, 'partition-rotation'));
+    super('partition-maintenance', onCron(opts.cron, 'partition-rotation'), log);
     this.#db = db;
-    this.#log = log.child({ component: 'partition-maintenance' });
     this.#metrics = metrics;
     this.#opts = opts;
     this.#rotator = new PartitionRotator(db, log, opts.now, { lockTimeoutMs: opts.lockTimeoutMs });
   }
 
   protected onError(err: unknown): void {
-    this.#log.error({ err }, 'partition rotation failed');
+    this.log.error({ err }, 'partition rotation failed');
   }
 
   /** One rotation, with metrics updated from its outcome. */
