@@ -1,6 +1,5 @@
 import { sql, type Kysely, type Transaction } from 'kysely';
 import pg from 'pg';
-import type { DbTimeouts } from '../pool.ts';
 import type { Database } from '../schema.ts';
 
 // Session and transaction plumbing: tenant context, role switches, liveness probes.
@@ -57,7 +56,7 @@ export async function ensureLoginRole(owner: pg.ClientBase, role: string, passwo
 }
 
 /** SET statements for the server-side timeouts (integers only: nothing else reaches the text). */
-export function sessionTimeoutsSql(t: Pick<DbTimeouts, 'statementTimeoutMs' | 'idleInTransactionTimeoutMs'>): string {
+export function sessionTimeoutsSql(t: { statementTimeoutMs: number; idleInTransactionTimeoutMs: number }): string {
   const ms = (n: number) => {
     if (!Number.isSafeInteger(n) || n < 0) throw new Error(`invalid timeout ${n}`);
     return n;
