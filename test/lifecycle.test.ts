@@ -1,32 +1,28 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createTestDatabase, produce, statusCounts, tenantId, waitFor, type TestDatabase } from './support/db.ts';
+import { afterAll, beforeAll, beforeEach, describe, expect } from 'vitest';
+import { produce, statusCounts, tenantId, waitFor, type TestDatabase } from './support/db.ts';
 import { startDaemon } from './support/daemon.ts';
 import { startReceiver } from './support/http-receiver.ts';
 import { startWorkerProcess } from './support/cli.ts';
 import { metricTotal } from './support/metrics.ts';
+import { it } from './support/fixtures.ts';
 
-let db: TestDatabase;
+// Each test gets its own database (the db fixture); the receiver is shared and emptied.
 let receiver: Awaited<ReturnType<typeof startReceiver>>;
 beforeAll(async () => {
-  db = await createTestDatabase();
   receiver = await startReceiver();
 });
 afterAll(async () => {
   await receiver.close();
-  await db.drop();
 });
 
 const routesTo = (url: string, timeoutMs = 5000) => ({ routes: [{ match: '*', sink: { type: 'http' as const, url, timeoutMs } }] });
 
-async function reset() {
-  await db.query('TRUNCATE capacity_outbox');
-  await db.query('TRUNCATE outbox_dispatcher.capacity_outbox_active_keys');
+beforeEach(() => {
   receiver.received.length = 0;
-}
+});
 
 describe('graceful shutdown', () => {
-  it('finishes in-flight work within the grace period', async () => {
-    await reset();
+  it('finishes in-flight work within the grace period', async ({ db }) => {
     receiver.setResponder(() => ({ status: 200, delayMs: 300 }));
     await produce(db.producerUrl, tenantId(), Array.from({ length: 5 }, () => ({ type: 'x' })));
     const daemon = await startDaemon(db, { routes: routesTo(receiver.url), env: { OUTBOX_SHUTDOWN_GRACE_MS: '5000' } });
@@ -35,8 +31,7 @@ describe('graceful shutdown', () => {
     expect(await statusCounts(db)).toEqual({ done: 5 });
   });
 
-  it('releases claims that did not finish back to pending, unattempted', async () => {
-    await reset();
+  it('releases claims that did not finish back to pending, unattempted', async ({ db }) => {
     receiver.setResponder(() => ({ status: 200, delayMs: 4000 }));
     await produce(db.producerUrl, tenantId(), Array.from({ length: 30 }, () => ({ type: 'x' })));
     const daemon = await startDaemon(db, {
@@ -55,8 +50,7 @@ describe('graceful shutdown', () => {
     expect(await metricTotal(daemon.metrics.eventsReleased, { reason: 'shutdown' })).toBe(20);
   });
 
-  it('on SIGTERM drains and exits 0; a second signal exits at once with 130', async () => {
-    await reset();
+  it('on SIGTERM drains and exits 0; a second signal exits at once with 130', async ({ db }) => {
     receiver.setResponder(() => ({ status: 200 }));
     const env = { DATABASE_URL: db.workerUrl, OUTBOX_ROUTES: JSON.stringify(routesTo(receiver.url)), OUTBOX_POLL_INTERVAL_MS: '100' };
     const p1 = startWorkerProcess(env);
@@ -80,8 +74,7 @@ describe('graceful shutdown', () => {
 });
 
 describe('crash recovery', () => {
-  it('loses nothing when a worker is SIGKILLed mid-batch: leases expire and another worker delivers', async () => {
-    await reset();
+  it('loses nothing when a worker is SIGKILLed mid-batch: leases expire and another worker delivers', async ({ db }) => {
     receiver.setResponder(() => ({ status: 200, delayMs: 1500 }));
     const ids = await produce(db.producerUrl, tenantId(), Array.from({ length: 40 }, (_, i) => ({ type: 'booking.created', payload: { i } })));
     const victim = startWorkerProcess({

@@ -1,45 +1,30 @@
 import pg from 'pg';
 import { Registry } from 'prom-client';
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { describe, expect } from 'vitest';
 import { claimBatch, completeBatch } from '../src/db/queries/outbox.ts';
 import { createLogger } from '../src/kernel/log.ts';
 import { PartitionMetrics } from '../src/metrics/partition-metrics.ts';
 import { PartitionMaintenance } from '../src/partitions/maintenance.ts';
 import { PartitionRotator } from '../src/partitions/rotator.ts';
 import { runCli } from './support/cli.ts';
-import { createTestDatabase, produce, tenantId, waitFor, type TestDatabase } from './support/db.ts';
+import { produce, tenantId, waitFor, type TestDatabase } from './support/db.ts';
 import { metricTotal } from './support/metrics.ts';
+import { it } from './support/fixtures.ts';
 
 // Rotation's DDL against live traffic (repros 06 and 07): it never queues producers behind a
 // lock it is waiting for, gives up after its lock timeout and says so, and cannot deadlock
-// with claims while it moves rows out of the default partition.
-let db: TestDatabase;
-const log = createLogger('silent');
-beforeAll(async () => {
-  db = await createTestDatabase();
-});
-afterAll(async () => db.drop());
+// with claims while it moves rows out of the default partition. Each test gets a fresh
+// database, so each starts from the layout the migrations leave.
 
+const log = createLogger('silent');
 function monthStart(k: number): string {
   const now = new Date();
   return new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth() + k, 1)).toISOString().slice(0, 10);
 }
 const partName = (k: number) => `capacity_outbox_p${monthStart(k).slice(0, 7).replace('-', '_')}`;
 
-/** The layout the migrations leave: this month and the next two, plus the default; no rows. */
-async function reset() {
-  const { rows } = await db.query<{ relname: string }>(
-    `SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-     WHERE i.inhparent = 'public.capacity_outbox'::regclass AND c.relname <> 'capacity_outbox_default'`,
-  );
-  const keep = new Set([partName(0), partName(1), partName(2)]);
-  for (const r of rows) if (!keep.has(r.relname)) await db.query(`DROP TABLE public.${r.relname}`);
-  await db.query('TRUNCATE capacity_outbox');
-  await db.query('TRUNCATE outbox_dispatcher.capacity_outbox_active_keys');
-}
-
 /** A long reader (report query, idle-in-transaction session, pg_dump): ACCESS SHARE on every partition. */
-async function longReader(): Promise<pg.Client> {
+async function longReader(db: TestDatabase): Promise<pg.Client> {
   const c = new pg.Client(db.adminUrl);
   await c.connect();
   await c.query('BEGIN');
@@ -47,22 +32,20 @@ async function longReader(): Promise<pg.Client> {
   return c;
 }
 
-const waitingLocks = async () =>
+const waitingLocks = async (db: TestDatabase) =>
   (await db.query<{ n: number }>(`SELECT count(*)::int AS n FROM pg_locks WHERE NOT granted AND relation = 'public.capacity_outbox_default'::regclass`)).rows[0]!.n;
 
 describe('rotation DDL behind a long transaction (repro 06)', () => {
-  beforeEach(reset);
-
-  it('does not queue producers behind its pending lock, then defers the step and names the holder', async () => {
-    const reader = await longReader();
+  it('does not queue producers behind its pending lock, then defers the step and names the holder', async ({ db }) => {
+    const reader = await longReader(db);
     try {
       // Month +3 is missing: creating it needs the default partition exclusively for a moment.
       const rotation = new PartitionRotator(db.workerDb(), log, () => new Date(), { lockTimeoutMs: 5000, lockAttempts: 1 }).runOnce();
-      await waitFor(async () => (await waitingLocks()) > 0, { what: 'rotation waiting for its lock' });
+      await waitFor(async () => (await waitingLocks(db)) > 0, { what: 'rotation waiting for its lock' });
       const ids = await produce(db.producerUrl, tenantId(), [{ type: 'during.rotation' }, { type: 'during.rotation' }]);
       expect(ids).toHaveLength(2);
       // The producer committed while the DDL was still waiting: it did not queue behind it.
-      expect(await waitingLocks()).toBe(1);
+      expect(await waitingLocks(db)).toBe(1);
       const report = await rotation;
       const t = report.tables[0]!;
       expect(t.errors).toEqual([]);
@@ -83,8 +66,8 @@ describe('rotation DDL behind a long transaction (repro 06)', () => {
     expect(again.tables[0]!.created).toEqual([monthStart(3)]);
   });
 
-  it('partitions rotate exits 75 with a DEFERRED line; the metric counts a deferred run and last success does not move', async () => {
-    const reader = await longReader();
+  it('partitions rotate exits 75 with a DEFERRED line; the metric counts a deferred run and last success does not move', async ({ db }) => {
+    const reader = await longReader(db);
     try {
       const r = await runCli(['partitions', 'rotate'], { DATABASE_URL: db.workerUrl, LOG_LEVEL: 'error', PARTITION_LOCK_TIMEOUT_MS: '200' });
       expect(r.code, r.stdout + r.stderr).toBe(75);
@@ -108,13 +91,11 @@ describe('rotation DDL behind a long transaction (repro 06)', () => {
 });
 
 describe('retirement behind a long transaction', () => {
-  beforeEach(reset);
-
-  it('holds a producer up by at most the lock timeout, then defers; a blocked partition costs no exclusive lock at all', async () => {
+  it('holds a producer up by at most the lock timeout, then defers; a blocked partition costs no exclusive lock at all', async ({ db }) => {
     await db.query(`SELECT outbox_dispatcher.ensure_monthly_partition('public.capacity_outbox', $1::date)`, [monthStart(-10)]);
     await db.query(`SELECT outbox_dispatcher.ensure_monthly_partition('public.capacity_outbox', $1::date)`, [monthStart(-9)]);
     await db.query(`INSERT INTO capacity_outbox (restaurant_id, event_type, created_at) VALUES (gen_random_uuid(), 'old', $1::date + interval '1 day')`, [monthStart(-9)]);
-    const reader = await longReader();
+    const reader = await longReader(db);
     try {
       const rotation = new PartitionRotator(db.workerDb(), log, () => new Date(), { lockTimeoutMs: 1500, lockAttempts: 1 }).runOnce();
       await waitFor(async () => (await db.query(`SELECT count(*)::int AS n FROM pg_locks WHERE NOT granted AND relation = 'public.capacity_outbox'::regclass`)).rows[0].n > 0, {
@@ -140,9 +121,7 @@ describe('retirement behind a long transaction', () => {
 });
 
 describe('moving rows out of the default partition while workers claim (repro 07)', () => {
-  beforeEach(reset);
-
-  it('finishes without a deadlock, loses no row, and claims keep working', async () => {
+  it('finishes without a deadlock, loses no row, and claims keep working', async ({ db }) => {
     // 30 000 rows stranded in the default partition for month +7, and live events to claim.
     await db.query(`INSERT INTO capacity_outbox_default (restaurant_id, event_type, status, created_at)
       SELECT gen_random_uuid(), 'stranded', 'done', $1::timestamptz + g * interval '1 second' FROM generate_series(1, 30000) g`, [monthStart(7)]);
