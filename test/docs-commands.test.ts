@@ -313,6 +313,11 @@ const OUTCOME: Record<string, { code: number; stdoutOrStderr: RegExp; why: strin
     stdoutOrStderr: /does not block an ordering key/,
     why: 'the fixture has no blocked ordering key; skipping a blocked head is ordering.test.ts',
   },
+  'sinks resume <sink>': {
+    code: 1,
+    stdoutOrStderr: /was not paused; nothing changed/,
+    why: "alerts.md's resume runs before outbox.md's pause (the same command runs once); resuming a paused sink is oncall.test.ts",
+  },
   'partitions adopt --table capacity_outbox --batch-size 5000': {
     code: 1,
     stdoutOrStderr: /already partitioned; nothing to adopt/,
@@ -331,8 +336,10 @@ function fill(c: DocCommand, daemonPid: () => number): string[] {
     switch (w) {
       case '<uuid>':
         if (flag === '--tenant') return A;
-        if (flag === '--id') return deadIds[nextId++ % deadIds.length]!;
+        if (flag === '--id' || flag === 'show') return deadIds[nextId++ % deadIds.length]!;
         break;
+      case '<sink>':
+        return 'log';
       case '<pid>':
         return String(daemonPid());
       case '<staging owner url>':

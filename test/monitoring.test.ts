@@ -6,7 +6,7 @@ import type { Command } from 'commander';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { alertRules } from '../dashboards/src/alert-rules.ts';
 import { dashboards } from '../dashboards/src/dashboards.ts';
-import { generatedFiles } from '../dashboards/src/generate.ts';
+import { generatedFiles, runbookBaseFrom } from '../dashboards/src/generate.ts';
 import { buildProgram } from '../src/cli/program.ts';
 import { createTestDatabase, produce, tenantId, waitFor, type TestDatabase } from './support/db.ts';
 import { startDaemon } from './support/daemon.ts';
@@ -20,6 +20,20 @@ describe('generated monitoring artefacts', () => {
   it('are committed up to date (npm run dashboards)', () => {
     for (const [name, content] of Object.entries(generatedFiles())) {
       expect(read(`dashboards/${name}`), `dashboards/${name} is stale: run npm run dashboards`).toBe(content);
+    }
+  });
+
+  it('take the runbook_url base from OUTBOX_RUNBOOK_BASE_URL (a build setting), refusing what is not an http(s) URL', () => {
+    const base = runbookBaseFrom({ OUTBOX_RUNBOOK_BASE_URL: 'https://wiki.example.org/outbox/alerts.md' });
+    const files = generatedFiles({ runbookBase: base });
+    for (const name of ['alerts/outbox.rules.yml', '../deploy/prometheusrule.yaml']) {
+      const urls = [...files[name]!.matchAll(/runbook_url: "?([^"\n]+)"?/g)].map((m) => m[1]!);
+      expect(urls.length, name).toBe(alertRules().length);
+      for (const u of urls) expect(u, name).toMatch(/^https:\/\/wiki\.example\.org\/outbox\/alerts\.md#outbox[a-z]+$/);
+    }
+    expect(runbookBaseFrom({})).toBe(alertRules()[0]!.annotations.runbook_url.split('#')[0]);
+    for (const bad of ['runbooks/alerts.md', 'ftp://x/alerts.md', 'https://x/alerts.md#top']) {
+      expect(() => runbookBaseFrom({ OUTBOX_RUNBOOK_BASE_URL: bad }), bad).toThrow(/OUTBOX_RUNBOOK_BASE_URL/);
     }
   });
 

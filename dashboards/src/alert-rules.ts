@@ -21,7 +21,16 @@ export interface AlertRule {
   annotations: { summary: string; description: string; runbook_url: string };
 }
 
+/**
+ * Where runbooks/alerts.md is published for your organisation: a build setting
+ * (OUTBOX_RUNBOOK_BASE_URL when running `npm run dashboards`, README "Metrics, alerts,
+ * dashboards"). The committed files use this default: the runbook as it sits in this
+ * repository, so a link works wherever the repository is browsable.
+ */
 export const DEFAULT_RUNBOOK_BASE = 'https://github.com/platform/outbox-dispatcher/blob/main/runbooks/alerts.md';
+
+/** Paused longer than this, a sink alerts (OutboxSinkPausedTooLong). */
+export const SINK_PAUSED_ALERT_SECONDS = 3600;
 
 /** Seconds -> Prometheus duration, scaled, never below 1s. */
 function dur(seconds: number, scale: number): string {
@@ -114,6 +123,9 @@ export function alertRules(opts: RuleOptions = {}): AlertRule[] {
     rule('OutboxOrderingKeysBlocked', 'warning', `max(outbox_ordering_blocked_keys{${sel}}) > 0`, 600,
       'Ordering keys are blocked by dead head events',
       'A keyed event was dead-lettered under ordering.onDeadHead = block, and the events queued behind it on its key are held until it is replayed or skipped. Other keys are unaffected. List them with `events blocked`.'),
+    rule('OutboxSinkPausedTooLong', 'warning', `max by (sink) (outbox_sink_paused_seconds{${sel}}) > ${Math.max(1, Math.round(SINK_PAUSED_ALERT_SECONDS * k))}`, 0,
+      'Sink {{ $labels.sink }} has been paused for over an hour',
+      'An operator paused sink {{ $labels.sink }} (`sinks pause`) more than an hour ago and it is still paused: its events are parked, undelivered. `sinks status` says who paused it and why; resume it with `sinks resume` when the reason is gone.'),
   ];
 }
 

@@ -95,6 +95,7 @@ export const drilldown: Dashboard = {
     },
     { title: 'Attempts per sink', type: 'timeseries', unit: 'ops', targets: [{ expr: `sum by (sink) (rate(outbox_dispatch_duration_seconds_count{${JOB},sink=~"$sink"}[$__rate_interval]))`, legendFormat: '{{sink}}' }] },
     { title: 'Sink circuit state (0 closed, 1 half-open, 2 open)', type: 'timeseries', unit: 'short', threshold: 1, targets: [{ expr: `max by (sink) (outbox_sink_circuit_state{${JOB},sink=~"$sink"})`, legendFormat: '{{sink}}' }] },
+    { title: 'Sink paused (seconds; 0 sending)', type: 'timeseries', unit: 's', threshold: 3600, targets: [{ expr: `max by (sink) (outbox_sink_paused_seconds{${JOB},sink=~"$sink"})`, legendFormat: '{{sink}}' }] },
     { title: 'Attempt number at success (p90)', type: 'timeseries', unit: 'short', targets: [{ expr: `histogram_quantile(0.9, sum by (le) (rate(outbox_event_attempts_bucket{${JOB},outcome="success"}[$__rate_interval])))`, legendFormat: 'p90 attempt' }] },
     { title: 'Claim batch size (avg)', type: 'timeseries', unit: 'short', targets: [{ expr: `sum(rate(outbox_claim_batch_size_sum{${JOB}}[$__rate_interval])) / sum(rate(outbox_claim_batch_size_count{${JOB}}[$__rate_interval]))`, legendFormat: 'events per claim' }] },
   ],
