@@ -1,32 +1,23 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createTestDatabase, produce, statusCounts, tenantId, type TestDatabase } from './support/db.ts';
+import { describe, expect } from 'vitest';
+import { produce, statusCounts, tenantId, type TestDatabase } from './support/db.ts';
 import { runCli } from './support/cli.ts';
+import { it } from './support/fixtures.ts';
 
-let db: TestDatabase;
 const [A, B] = [tenantId(), tenantId()];
-let env: Record<string, string>;
+/** The commands' environment: the daemon's login on this test's database. */
+const envOf = (db: TestDatabase) => ({ DATABASE_URL: db.workerUrl, LOG_LEVEL: 'warn' });
 
-beforeAll(async () => {
-  db = await createTestDatabase();
-  env = { DATABASE_URL: db.workerUrl, LOG_LEVEL: 'warn' };
-});
-afterAll(async () => {
-  await db.drop();
-});
-
-async function seedDead() {
-  await db.query('TRUNCATE capacity_outbox');
-  await db.query('TRUNCATE outbox_dispatcher.capacity_outbox_active_keys');
+async function seedDead(db: TestDatabase) {
   await produce(db.producerUrl, A, [{ type: 'booking.created' }, { type: 'booking.cancelled' }, { type: 'table.held' }]);
   await produce(db.producerUrl, B, [{ type: 'booking.created' }]);
   await db.query("UPDATE capacity_outbox SET status = 'dead', attempts = 10, last_error = 'exhausted 10/10 attempts: HTTP 503'");
 }
 
 describe('events replay', () => {
-  it('--dry-run lists what it would touch and changes nothing', async () => {
-    await seedDead();
+  it('--dry-run lists what it would touch and changes nothing', async ({ db }) => {
+    await seedDead(db);
     const before = await db.query('SELECT id, status, attempts, next_attempt_at FROM capacity_outbox ORDER BY id');
-    const r = await runCli(['events', 'replay', '--type', 'booking.*', '--tenant', A, '--dry-run', '--json'], env);
+    const r = await runCli(['events', 'replay', '--type', 'booking.*', '--tenant', A, '--dry-run', '--json'], envOf(db));
     expect(r.stderr).toBe('');
     expect(r.code).toBe(0);
     const out = JSON.parse(r.stdout);
@@ -36,9 +27,9 @@ describe('events replay', () => {
     expect(after.rows).toEqual(before.rows);
   });
 
-  it('returns matching dead events to pending with a fresh attempt budget', async () => {
-    await seedDead();
-    const r = await runCli(['events', 'replay', '--type', 'booking.*', '--tenant', A], env);
+  it('returns matching dead events to pending with a fresh attempt budget', async ({ db }) => {
+    await seedDead(db);
+    const r = await runCli(['events', 'replay', '--type', 'booking.*', '--tenant', A], envOf(db));
     expect(r.code).toBe(0);
     expect(r.stdout).toContain('replayed 2 dead event(s) to pending');
     const { rows } = await db.query('SELECT restaurant_id, event_type, status, attempts FROM capacity_outbox ORDER BY restaurant_id, event_type');
@@ -48,21 +39,21 @@ describe('events replay', () => {
     expect(await statusCounts(db)).toEqual({ pending: 2, dead: 2 });
   });
 
-  it('filters by time range and id, and honours --limit', async () => {
-    await seedDead();
-    const future = await runCli(['events', 'replay', '--since', '2999-01-01T00:00:00Z'], env);
+  it('filters by time range and id, and honours --limit', async ({ db }) => {
+    await seedDead(db);
+    const future = await runCli(['events', 'replay', '--since', '2999-01-01T00:00:00Z'], envOf(db));
     expect(future.stdout).toContain('replayed 0 dead event(s)');
-    const limited = await runCli(['events', 'replay', '--until', '2999-01-01T00:00:00Z', '--limit', '3'], env);
+    const limited = await runCli(['events', 'replay', '--until', '2999-01-01T00:00:00Z', '--limit', '3'], envOf(db));
     expect(limited.stdout).toContain('replayed 3 dead event(s)');
     const { rows } = await db.query("SELECT id FROM capacity_outbox WHERE status = 'dead'");
-    const one = await runCli(['events', 'replay', '--id', rows[0].id], env);
+    const one = await runCli(['events', 'replay', '--id', rows[0].id], envOf(db));
     expect(one.stdout).toContain('replayed 1 dead event(s)');
     expect(await statusCounts(db)).toEqual({ pending: 4 });
   }, 240_000); // four CLI starts; slow only on a loaded machine
 
-  it('rejects malformed filters with exit 64 before touching the database', async () => {
+  it('rejects malformed filters with exit 64 before touching the database', async ({ db }) => {
     for (const args of [['--tenant', 'nope'], ['--since', 'yesterday'], ['--type', "x' OR 1=1 --"], ['--limit', '-1']]) {
-      const r = await runCli(['events', 'replay', ...args], env);
+      const r = await runCli(['events', 'replay', ...args], envOf(db));
       expect(r.code, args.join(' ')).toBe(64);
       expect(r.stderr.trimEnd().split('\n'), 'one line, no stack').toHaveLength(1);
     }
@@ -70,11 +61,11 @@ describe('events replay', () => {
 });
 
 describe('events stats', () => {
-  it('counts by status and type and reports the oldest due event', async () => {
-    await seedDead();
+  it('counts by status and type and reports the oldest due event', async ({ db }) => {
+    await seedDead(db);
     await produce(db.producerUrl, A, [{ type: 'booking.created' }, { type: 'booking.created' }]);
     await db.query("UPDATE capacity_outbox SET next_attempt_at = now() - interval '90 seconds' WHERE status = 'pending'");
-    const r = await runCli(['events', 'stats', '--json'], env);
+    const r = await runCli(['events', 'stats', '--json'], envOf(db));
     expect(r.code).toBe(0);
     const stats = JSON.parse(r.stdout);
     const get = (status: string, type: string) => stats.rows.find((x: { status: string; event_type: string }) => x.status === status && x.event_type === type)?.count;
@@ -82,13 +73,13 @@ describe('events stats', () => {
     expect(get('dead', 'booking.created')).toBe(2);
     expect(get('dead', 'table.held')).toBe(1);
     expect(stats.oldestDueAgeSeconds).toBeGreaterThanOrEqual(90);
-    const text = await runCli(['events', 'stats', '--tenant', B], env);
+    const text = await runCli(['events', 'stats', '--tenant', B], envOf(db));
     expect(text.stdout).toContain('totals: pending=0 processing=0 dead=1');
   });
 });
 
 describe('enqueue', () => {
-  it('inserts through the producer contract and reports duplicates', async () => {
+  it('inserts through the producer contract and reports duplicates', async ({ db }) => {
     const t = tenantId();
     const r = await runCli(['enqueue', '--type', 'booking.created', '--tenant', t, '--payload', '{"bookingId":1}', '--dedupe-key', 'b1', '--count', '3', '--json'], {
       DATABASE_URL: db.producerUrl,
