@@ -3,13 +3,14 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { Command } from 'commander';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect } from 'vitest';
 import { alertRules } from '../dashboards/src/alert-rules.ts';
 import { dashboards } from '../dashboards/src/dashboards.ts';
 import { generatedFiles, runbookBaseFrom } from '../dashboards/src/generate.ts';
 import { buildProgram } from '../src/cli/program.ts';
-import { createTestDatabase, produce, tenantId, waitFor, type TestDatabase } from './support/db.ts';
+import { produce, tenantId, waitFor } from './support/db.ts';
 import { startDaemon } from './support/daemon.ts';
+import { it } from './support/fixtures.ts';
 
 const root = path.resolve(import.meta.dirname, '..');
 const read = (f: string) => fs.readFileSync(path.join(root, f), 'utf8');
@@ -107,15 +108,7 @@ describe('runbooks', () => {
 });
 
 describe('the /metrics endpoint', () => {
-  let db: TestDatabase;
-  beforeAll(async () => {
-    db = await createTestDatabase();
-  });
-  afterAll(async () => {
-    await db.drop();
-  });
-
-  it('serves every catalogued metric, passes promtool check metrics, and has no tenant labels', async () => {
+  it('serves every catalogued metric, passes promtool check metrics, and has no tenant labels', async ({ fileDb: db }) => {
     const daemon = await startDaemon(db, { env: { PARTITION_ROTATION: 'true', OUTBOX_BACKLOG_SAMPLE_MS: '100' } });
     try {
       const tenant = tenantId();

@@ -1,12 +1,13 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect } from 'vitest';
 import { CircuitBreaker, sendResultOf, type CircuitState } from '../src/dispatch/circuit-breaker.ts';
 import { DispatchAbortedError, PermanentDispatchError, RetryableDispatchError } from '../src/domain/dispatch-errors.ts';
 import { isExhausted, outcomeForFailure } from '../src/dispatch/retry-policy.ts';
 import { loadEnvConfig } from '../src/config/env.ts';
-import { createTestDatabase, produce, tenantId, waitFor, type TestDatabase } from './support/db.ts';
+import { produce, tenantId, waitFor } from './support/db.ts';
 import { startDaemon } from './support/daemon.ts';
 import { startReceiver } from './support/http-receiver.ts';
 import { metricTotal } from './support/metrics.ts';
+import { it } from './support/fixtures.ts';
 
 // "Sink outages must not turn into dead letters" (issue 10): a per-sink circuit breaker
 // holds events without spending attempts, and a retry horizon in time keeps the attempt
@@ -167,15 +168,7 @@ describe('retry horizon', () => {
 });
 
 describe('a sink outage through the daemon (black box)', () => {
-  let db: TestDatabase;
-  beforeAll(async () => {
-    db = await createTestDatabase();
-  });
-  afterAll(async () => {
-    await db.drop();
-  });
-
-  it('503 for a while: nothing dead, few attempts per event, all delivered after recovery, the other sink unaffected', async () => {
+  it('503 for a while: nothing dead, few attempts per event, all delivered after recovery, the other sink unaffected', async ({ fileDb: db }) => {
     let down = true;
     const flaky = await startReceiver(() => (down ? { status: 503, body: 'deploying' } : { status: 200 }));
     const healthy = await startReceiver(() => ({ status: 200 }));
@@ -242,7 +235,7 @@ describe('a sink outage through the daemon (black box)', () => {
     }
   }, 60_000);
 
-  it('429 with Retry-After: no event is sent again before the sink asked, and none is dead-lettered', async () => {
+  it('429 with Retry-After: no event is sent again before the sink asked, and none is dead-lettered', async ({ fileDb: db }) => {
     let limited = true;
     const receiver = await startReceiver(() => (limited ? { status: 429, headers: { 'retry-after': '2' } } : { status: 200 }));
     const daemon = await startDaemon(db, {

@@ -1,14 +1,15 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect } from 'vitest';
 import { createKysely, createPool } from '../src/db/pool.ts';
 import { claimBatch, type Completion } from '../src/db/queries/outbox.ts';
 import { safeText } from '../src/domain/safe-text.ts';
 import { Completer } from '../src/dispatch/completer.ts';
 import { createLogger } from '../src/kernel/log.ts';
 import { DispatcherMetrics } from '../src/metrics/metrics.ts';
-import { createTestDatabase, produce, tenantId, waitFor, type TestDatabase } from './support/db.ts';
+import { produce, tenantId, waitFor } from './support/db.ts';
 import { startDaemon } from './support/daemon.ts';
 import { startReceiver } from './support/http-receiver.ts';
 import { freePort } from './support/ports.ts';
+import { it } from './support/fixtures.ts';
 
 // Review finding 1 (repro 17): one outcome PostgreSQL refuses (a NUL byte in an error
 // text copied from a response body) failed the whole batched completion UPDATE, and the
@@ -32,15 +33,7 @@ describe('safeText', () => {
 });
 
 describe('outcomes the database refuses', () => {
-  let db: TestDatabase;
-  beforeAll(async () => {
-    db = await createTestDatabase();
-  });
-  afterAll(async () => {
-    await db.drop();
-  });
-
-  it('a NUL byte in a sink response is stored escaped and the worker keeps recording outcomes', async () => {
+  it('a NUL byte in a sink response is stored escaped and the worker keeps recording outcomes', async ({ fileDb: db }) => {
     const receiver = await startReceiver((r) => (r.json.eventType === 'nul.bad' ? { status: 503, body: 'upstream\u0000error' } : { status: 200 }));
     const t = tenantId();
     const [bad, ...good] = await produce(db.producerUrl, t, [{ type: 'nul.bad' }, ...Array.from({ length: 5 }, (_, i) => ({ type: 'nul.good', payload: { i } }))]);
@@ -63,7 +56,7 @@ describe('outcomes the database refuses', () => {
     }
   }, 40_000);
 
-  it('splits a refused batch: the others are written, the bad outcome is rewritten safely or dropped, never retried as is', async () => {
+  it('splits a refused batch: the others are written, the bad outcome is rewritten safely or dropped, never retried as is', async ({ fileDb: db }) => {
     const t = tenantId();
     await produce(db.producerUrl, t, Array.from({ length: 6 }, (_, i) => ({ type: 'split.case', payload: { i } })));
     const worker = db.workerDb();
@@ -108,7 +101,7 @@ describe('outcomes the database refuses', () => {
     expect((await metrics.completionFlushErrors.get()).values[0]?.value ?? 0).toBe(0);
   });
 
-  it('keeps the batch and retries with backoff when the database is unreachable (not a data error)', async () => {
+  it('keeps the batch and retries with backoff when the database is unreachable (not a data error)', async ({ fileDb: db }) => {
     const down = createKysely(createPool({ connectionString: `postgres://nobody@127.0.0.1:${await freePort()}/none`, max: 1, applicationName: 'test' }));
     const metrics = new DispatcherMetrics();
     const completer = new Completer(down, createLogger('silent'), metrics, { workerId: 'w-down', stopTimeoutMs: 300 });
