@@ -1,26 +1,24 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createTestDatabase, produce, statusCounts, tenantId, waitFor, type TestDatabase } from './support/db.ts';
+import { afterAll, beforeAll, describe, expect } from 'vitest';
+import { produce, statusCounts, tenantId, waitFor } from './support/db.ts';
 import { startReceiver } from './support/http-receiver.ts';
 import { startWorkerProcess, type WorkerProcess } from './support/cli.ts';
 import { freePort } from './support/ports.ts';
+import { it } from './support/fixtures.ts';
 
 // The "done when": thousands of events over many tenants with duplicates,
 // several worker processes dispatching to an HTTP receiver, one killed mid-run.
 
-let db: TestDatabase;
 let receiver: Awaited<ReturnType<typeof startReceiver>>;
 beforeAll(async () => {
-  db = await createTestDatabase();
   // A realistic receiver: a little latency, an occasional 503.
   receiver = await startReceiver(() => (Math.random() < 0.03 ? { status: 503 } : { status: 200, delayMs: Math.floor(Math.random() * 4) }));
 });
 afterAll(async () => {
   await receiver.close();
-  await db.drop();
 });
 
 describe('black box: many tenants, duplicates, three workers, one SIGKILLed', () => {
-  it('delivers every unique event with its tenant, drops duplicates, loses nothing', async () => {
+  it('delivers every unique event with its tenant, drops duplicates, loses nothing', async ({ fileDb: db }) => {
     const tenants = Array.from({ length: 25 }, tenantId);
     const ports = [await freePort(), await freePort(), await freePort()];
     const env = (id: string, port: number) => ({

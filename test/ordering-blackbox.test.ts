@@ -1,28 +1,26 @@
 import pg from 'pg';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect } from 'vitest';
 import { startWorkerProcess, type WorkerProcess } from './support/cli.ts';
-import { createTestDatabase, statusCounts, tenantId, waitFor, type TestDatabase } from './support/db.ts';
+import { statusCounts, tenantId, waitFor, type TestDatabase } from './support/db.ts';
 import { startReceiver } from './support/http-receiver.ts';
 import { freePort } from './support/ports.ts';
+import { it } from './support/fixtures.ts';
 
 // Per-key order under the conditions of production: four worker processes, a receiver that
 // fails 10% of calls, concurrent producers of the same keys, and a worker SIGKILLed while it
 // has sends in flight. For every key, the sequence the receiver sees never goes backwards
 // (a redelivery of the same event is allowed), and nothing is lost.
 
-let db: TestDatabase;
 let receiver: Awaited<ReturnType<typeof startReceiver>>;
 beforeAll(async () => {
-  db = await createTestDatabase();
   receiver = await startReceiver(() => (Math.random() < 0.1 ? { status: 503 } : { status: 200, delayMs: Math.floor(Math.random() * 15) }));
 });
 afterAll(async () => {
   await receiver.close();
-  await db.drop();
 });
 
 /** One producer transaction: `n` events for each of `keys`, interleaved, in one tenant. */
-async function produceKeyed(tenant: string, keys: string[], round: number, n: number): Promise<number> {
+async function produceKeyed(db: TestDatabase, tenant: string, keys: string[], round: number, n: number): Promise<number> {
   const c = new pg.Client({ connectionString: db.producerUrl });
   await c.connect();
   try {
@@ -47,7 +45,7 @@ async function produceKeyed(tenant: string, keys: string[], round: number, n: nu
 }
 
 describe('per-key order: four workers, a flaky sink, a worker SIGKILLed mid-send', () => {
-  it('every key’s sequence never goes backwards at the receiver, and every event arrives', async () => {
+  it('every key’s sequence never goes backwards at the receiver, and every event arrives', async ({ fileDb: db }) => {
     const tenants = [tenantId(), tenantId()];
     const keys = Array.from({ length: 30 }, (_, i) => `booking:${i}`);
     const ports = await Promise.all([1, 2, 3, 4].map(() => freePort()));
@@ -73,7 +71,7 @@ describe('per-key order: four workers, a flaky sink, a worker SIGKILLed mid-send
         // Producers of the same keys overlap: two transactions per tenant per round, each
         // writing every key (in the same key order: the key locks are held to commit, so
         // opposite orders would deadlock, as with any row locks), committed concurrently.
-        const counts = await Promise.all(tenants.flatMap((t) => [produceKeyed(t, keys, round, 2), produceKeyed(t, keys, round, 1)]));
+        const counts = await Promise.all(tenants.flatMap((t) => [produceKeyed(db, t, keys, round, 2), produceKeyed(db, t, keys, round, 1)]));
         expected += counts.reduce((a, b) => a + b, 0);
         if (round === 2 && !killed) {
           // Mid-send: the receiver's delays mean every worker has calls in flight now.

@@ -1,10 +1,11 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect } from 'vitest';
 import { PermanentDispatchError, RetryableDispatchError, DispatchAbortedError } from '../src/domain/dispatch-errors.ts';
 import { maxTimeoutForLease } from '../src/config/lease.ts';
 import { backoffDelayMs, outcomeForFailure, RETRY_AFTER_CEILING_MS } from '../src/dispatch/retry-policy.ts';
-import { createTestDatabase, produce, tenantId, waitFor, type TestDatabase } from './support/db.ts';
+import { produce, tenantId, waitFor } from './support/db.ts';
 import { recordingSink, startDaemon } from './support/daemon.ts';
 import { startReceiver } from './support/http-receiver.ts';
+import { it } from './support/fixtures.ts';
 
 const policy = { maxAttempts: 5, backoffBaseMs: 1000, backoffMaxMs: 60_000, retryHorizonMs: 0 };
 
@@ -32,20 +33,17 @@ describe('retry policy', () => {
 });
 
 describe('retry, dead-lettering and bad input in the running dispatcher', () => {
-  let db: TestDatabase;
   let receiver: Awaited<ReturnType<typeof startReceiver>>;
   beforeAll(async () => {
-    db = await createTestDatabase();
     receiver = await startReceiver();
   });
   afterAll(async () => {
     await receiver.close();
-    await db.drop();
   });
 
   const httpRoutes = () => ({ routes: [{ match: 'hook.*', sink: { type: 'http' as const, url: receiver.url, timeoutMs: 2000 } }, { match: 'ok.*', sink: { type: 'noop' as const, name: 'test' } }] });
 
-  it('retries on 503 with a growing schedule, then dead-letters with last_error after max attempts', async () => {
+  it('retries on 503 with a growing schedule, then dead-letters with last_error after max attempts', async ({ fileDb: db }) => {
     receiver.setResponder(() => ({ status: 503, body: 'try later' }));
     const t = tenantId();
     const [id] = await produce(db.producerUrl, t, [{ type: 'hook.fail' }]);
@@ -64,7 +62,7 @@ describe('retry, dead-lettering and bad input in the running dispatcher', () => 
     }
   });
 
-  it('schedules the next attempt per backoff and honours Retry-After', async () => {
+  it('schedules the next attempt per backoff and honours Retry-After', async ({ fileDb: db }) => {
     receiver.setResponder(() => ({ status: 429, headers: { 'retry-after': '120' } }));
     const [id] = await produce(db.producerUrl, tenantId(), [{ type: 'hook.slow' }]);
     const daemon = await startDaemon(db, { routes: httpRoutes() });
@@ -78,7 +76,7 @@ describe('retry, dead-lettering and bad input in the running dispatcher', () => 
     }
   });
 
-  it('delivers through a sink whose timeout is the longest the lease allows (repro 03: no claim/release livelock)', async () => {
+  it('delivers through a sink whose timeout is the longest the lease allows (repro 03: no claim/release livelock)', async ({ fileDb: db }) => {
     receiver.setResponder(() => ({ status: 200 }));
     const [id] = await produce(db.producerUrl, tenantId(), [{ type: 'hook.tight' }]);
     const routes = { routes: [{ match: 'hook.*', sink: { type: 'http' as const, url: receiver.url, timeoutMs: maxTimeoutForLease(10_000) } }] };
@@ -91,7 +89,7 @@ describe('retry, dead-lettering and bad input in the running dispatcher', () => 
     }
   });
 
-  it('dead-letters a permanent 4xx at once', async () => {
+  it('dead-letters a permanent 4xx at once', async ({ fileDb: db }) => {
     receiver.setResponder(() => ({ status: 422, body: '{"error":"unknown booking"}' }));
     const [id] = await produce(db.producerUrl, tenantId(), [{ type: 'hook.bad' }]);
     const daemon = await startDaemon(db, { routes: httpRoutes() });
@@ -104,7 +102,7 @@ describe('retry, dead-lettering and bad input in the running dispatcher', () => 
     }
   });
 
-  it('dead-letters unrouted and malformed events with a reason and keeps dispatching the rest', async () => {
+  it('dead-letters unrouted and malformed events with a reason and keeps dispatching the rest', async ({ fileDb: db }) => {
     const t = tenantId();
     // Written as the owner: the producer contract cannot express these, a buggy writer could.
     await db.query(
