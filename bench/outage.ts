@@ -23,6 +23,7 @@ import type { AddressInfo } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { createBenchDb, quantile, round } from './lib.ts';
+import { asProducer, insertEvents } from '../src/db/queries/producer.ts';
 
 const ROOT = process.env.OUTAGE_DATABASE_URL ?? process.env.BENCH_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
 const OUTAGE_MS = Number(process.env.OUTAGE_SECONDS ?? 600) * 1000;
@@ -95,18 +96,13 @@ async function main() {
   await producer.connect();
   const tenant = '11111111-1111-4111-8111-111111111111';
   const created = new Map<string, { type: string; at: number }>();
-  const produce = async () => {
-    await producer.query('BEGIN');
-    await producer.query('SELECT public.set_restaurant_context($1)', [tenant]);
-    for (const type of ['orders.placed', 'audit.logged']) {
-      const r = await producer.query<{ id: string }>(
-        `INSERT INTO capacity_outbox (restaurant_id, event_type, payload) SELECT $1, $2, jsonb_build_object('n', g) FROM generate_series(1, $3::int) g RETURNING id`,
-        [tenant, type, RATE],
-      );
-      for (const row of r.rows) created.set(row.id, { type, at: Date.now() });
-    }
-    await producer.query('COMMIT');
-  };
+  const produce = () =>
+    asProducer(producer, tenant, async () => {
+      for (const type of ['orders.placed', 'audit.logged']) {
+        const ids = await insertEvents(producer, tenant, Array.from({ length: RATE }, (_, g) => ({ type, payload: { n: g + 1 } })));
+        for (const id of ids) created.set(id, { type, at: Date.now() });
+      }
+    });
 
   let outageStart = 0;
   let recoveredAt = 0;

@@ -4,6 +4,7 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import pg from 'pg';
 import { createBenchDb, quantile, round, startWorker } from '../lib.ts';
+import { asProducer, insertEvents } from '../../src/db/queries/producer.ts';
 
 export interface LatencyResult {
   ratePerSec: number;
@@ -51,13 +52,9 @@ export async function steadyLatency(rootUrl: string, ratePerSec: number, seconds
       const wait = due - performance.now();
       if (wait > 0) await new Promise((r) => setTimeout(r, wait));
       const seq = String(i);
-      await producer.query('BEGIN');
-      await producer.query('SELECT public.set_restaurant_context($1)', [tenant]);
-      await producer.query(
-        `INSERT INTO capacity_outbox (restaurant_id, event_type, payload, dedupe_key) VALUES ($1, 'bench.latency', $2, $3)`,
-        [tenant, JSON.stringify({ seq, note: 'x'.repeat(150) }), `lat-${i}`],
+      await asProducer(producer, tenant, () =>
+        insertEvents(producer, tenant, [{ type: 'bench.latency', payload: { seq, note: 'x'.repeat(150) }, dedupeKey: `lat-${i}` }]),
       );
-      await producer.query('COMMIT');
       committed.set(seq, performance.now());
     }
     const deadline = Date.now() + 30_000;
