@@ -1,6 +1,8 @@
 /**
- * The contract of every long-lived part of the daemon. start() and stop() are
- * idempotent; stop() before start() is a no-op. The daemon stops them in a fixed order.
+ * The contract of every long-lived part of the daemon (test/services.test.ts holds each to
+ * it): start() and stop() are idempotent and concurrent calls share one run; stop() before
+ * start() resolves and the service never runs; stop() while it runs waits for it to finish.
+ * The daemon declares the order they stop in (Daemon.stages).
  */
 export interface Service {
   readonly name: string;
