@@ -185,3 +185,31 @@ describe('audit trail of event repairs', () => {
     await expect(worker.deleteFrom('outbox_dispatcher.operator_audit').execute()).rejects.toThrow(/permission denied/);
   });
 });
+
+describe('partition gauges are never stale', () => {
+  it('outbox_partition_default_rows follows the default partition on its own schedule, and a CLI rotation shows within it', async () => {
+    // Rotation off in this replica: only the sampler can move the gauge.
+    const daemon = await startDaemon(db, { routes: ROUTES, env: { PARTITION_ROTATION: 'false', PARTITION_SAMPLE_MS: '200' } });
+    try {
+      const gauge = async () => {
+        const text = await daemon.metrics.registry.getSingleMetricAsString('outbox_partition_default_rows');
+        return Number(/outbox_partition_default_rows\{table="public.capacity_outbox"\} (\d+)/.exec(text)?.[1] ?? NaN);
+      };
+      await waitFor(async () => (await gauge()) === 0, { what: 'the gauge to read 0' });
+      // Two rows whose month has no partition yet land in the default partition.
+      await db.query(
+        `INSERT INTO capacity_outbox (restaurant_id, event_type, payload, status, created_at)
+         VALUES ($1, 'late.write', '{}', 'done', now() + interval '5 months'), ($1, 'late.write', '{}', 'done', now() + interval '5 months')`,
+        [T],
+      );
+      await waitFor(async () => (await gauge()) === 2, { what: 'the gauge to read the 2 rows', timeoutMs: 10_000 });
+      await cli(['partitions', 'rotate']);
+      await waitFor(async () => (await gauge()) === 0, { what: 'the gauge to see the CLI rotation', timeoutMs: 10_000 });
+      const audit = JSON.parse((await cli(['audit', '--action', 'partitions.rotate', '--limit', '1', '--json'])).stdout);
+      expect(audit.entries[0]).toMatchObject({ action: 'partitions.rotate', command: 'partitions rotate' });
+      expect(audit.entries[0].rows).toBeGreaterThan(0);
+    } finally {
+      await daemon.stop();
+    }
+  }, 120_000);
+});

@@ -49,6 +49,7 @@ const NAMES = [
   'ordering-settler',
   'notify-listener',
   'partition-maintenance',
+  'partition-sampler',
   'backlog-sampler',
 ];
 

@@ -49,6 +49,7 @@ export const envSchema = z.object({
   }),
   PARTITION_ROTATION: boolVar(true),
   PARTITION_LOCK_TIMEOUT_MS: intVar(1000, 10, 60_000),
+  PARTITION_SAMPLE_MS: intVar(60_000, 0, 3_600_000),
   LOG_LEVEL: enumVar(LOG_LEVELS, 'info'),
 });
 
@@ -109,7 +110,8 @@ export interface EnvConfig {
   backlog: { sampleMs: number; countCap: number };
   allowPrivilegedRole: boolean;
   embedded: { dir: string; port: number };
-  partitions: { rotation: boolean; cron: string; lockTimeoutMs: number };
+  /** sampleMs: how often the partition gauges are read from the database (0: only when rotating). */
+  partitions: { rotation: boolean; cron: string; lockTimeoutMs: number; sampleMs: number };
   logLevel: LogLevel;
 }
 
@@ -171,7 +173,7 @@ export function loadEnvConfig(env: NodeJS.ProcessEnv = process.env): EnvConfig {
     backlog: { sampleMs: e.OUTBOX_BACKLOG_SAMPLE_MS, countCap: e.OUTBOX_BACKLOG_COUNT_CAP },
     allowPrivilegedRole: e.OUTBOX_ALLOW_PRIVILEGED_ROLE,
     embedded: { dir: e.OUTBOX_EMBEDDED_DIR ?? '.data/postgres', port: e.OUTBOX_EMBEDDED_PORT },
-    partitions: { rotation: e.PARTITION_ROTATION, cron: e.PARTITION_CRON ?? DEFAULT_PARTITION_CRON, lockTimeoutMs: e.PARTITION_LOCK_TIMEOUT_MS },
+    partitions: { rotation: e.PARTITION_ROTATION, cron: e.PARTITION_CRON ?? DEFAULT_PARTITION_CRON, lockTimeoutMs: e.PARTITION_LOCK_TIMEOUT_MS, sampleMs: e.PARTITION_SAMPLE_MS },
     logLevel: e.LOG_LEVEL,
   };
 }

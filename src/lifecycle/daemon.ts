@@ -18,6 +18,7 @@ import { OpsServer, type ReadinessReport } from '../metrics/http-server.ts';
 import { BacklogSampler } from '../metrics/backlog-sampler.ts';
 import { DispatcherMetrics } from '../metrics/metrics.ts';
 import { PartitionMetrics } from '../metrics/partition-metrics.ts';
+import { PartitionSampler } from '../partitions/partition-sampler.ts';
 import { PartitionMaintenance } from '../partitions/maintenance.ts';
 import type { Sink } from '../sinks/types.ts';
 import { TenantScope } from '../tenancy/scope.ts';
@@ -68,6 +69,8 @@ export class Daemon {
   readonly server: OpsServer;
   /** Undefined when PARTITION_ROTATION=false. */
   readonly partitions: PartitionMaintenance | undefined;
+  /** Undefined when PARTITION_SAMPLE_MS=0. */
+  readonly partitionSampler: PartitionSampler | undefined;
   /** Undefined when OUTBOX_BACKLOG_SAMPLE_MS=0. */
   readonly backlog: BacklogSampler | undefined;
   /** What /healthz checks: the claim loop and the completer keep making progress. */
@@ -152,8 +155,12 @@ export class Daemon {
       log,
       this.metrics,
     );
+    const partitionMetrics = config.partitions.rotation || config.partitions.sampleMs > 0 ? new PartitionMetrics(this.metrics.registry) : undefined;
     this.partitions = config.partitions.rotation
-      ? new PartitionMaintenance(this.db, log, new PartitionMetrics(this.metrics.registry), { cron: config.partitions.cron, now: opts.now, lockTimeoutMs: config.partitions.lockTimeoutMs })
+      ? new PartitionMaintenance(this.db, log, partitionMetrics!, { cron: config.partitions.cron, now: opts.now, lockTimeoutMs: config.partitions.lockTimeoutMs })
+      : undefined;
+    this.partitionSampler = config.partitions.sampleMs > 0
+      ? new PartitionSampler(this.db, log, partitionMetrics!, { intervalMs: config.partitions.sampleMs, now: opts.now })
       : undefined;
     this.backlog = config.backlog.sampleMs > 0
       ? new BacklogSampler(this.db, log, this.metrics, { intervalMs: config.backlog.sampleMs, cap: config.backlog.countCap })
@@ -166,7 +173,7 @@ export class Daemon {
     // closing connections (which waits for the server's goodbye, never sent on a black-holed
     // path) by CLOSE_BOUND_MS. Shutdown never hangs on the database.
     this.stages = [
-      [this.rescuer, this.orderingSettler, this.#bounded(this.listener), ...(this.partitions ? [this.partitions] : []), ...(this.backlog ? [this.backlog] : [])],
+      [this.rescuer, this.orderingSettler, this.#bounded(this.listener), ...(this.partitions ? [this.partitions] : []), ...(this.partitionSampler ? [this.partitionSampler] : []), ...(this.backlog ? [this.backlog] : [])],
       [this.dispatcher],
       // Pauses are read before the dispatcher's first claim and until its last.
       [this.completer, this.sinkPauses],

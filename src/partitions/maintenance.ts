@@ -4,7 +4,7 @@ import { onCron, PeriodicService } from '../kernel/periodic-service.ts';
 import type { Logger } from '../kernel/log.ts';
 import type { PartitionMetrics } from '../metrics/partition-metrics.ts';
 import { PartitionRotator, type RotationReport } from './rotator.ts';
-import { partitionStatus } from './status.ts';
+import { observePartitions } from './partition-sampler.ts';
 
 export interface MaintenanceOptions {
   /** node-cron expression, evaluated in UTC. */
@@ -47,7 +47,7 @@ export class PartitionMaintenance extends PeriodicService<RotationReport> {
     }
     if (!report.ran) {
       this.#metrics.rotationRuns.inc({ result: 'skipped' });
-      await this.#observe();
+      await observePartitions(this.#db, this.#metrics, (this.#opts.now ?? (() => new Date()))());
       return report;
     }
     let failed = false;
@@ -65,12 +65,4 @@ export class PartitionMaintenance extends PeriodicService<RotationReport> {
     return report;
   }
 
-  /** Read-only refresh of runway and default-partition gauges (when another replica rotates). */
-  async #observe(): Promise<void> {
-    for (const s of await partitionStatus(this.#db, (this.#opts.now ?? (() => new Date()))())) {
-      this.#metrics.setLastPartitionEnd(s.table, s.lastPartitionEnd);
-      this.#metrics.defaultRows.set({ table: s.table }, s.defaultRows);
-      this.#metrics.retirementBlocked.set({ table: s.table }, s.partitions.filter((p) => p.retention === 'blocked').length);
-    }
-  }
 }
