@@ -18,6 +18,14 @@ describe('incident scenarios', () => {
     expect(fix.code, fix.stderr).toBe(0);
     const [ok] = await partitionStatus(db.workerDb(), new Date());
     expect(ok!.runwaySeconds!).toBeGreaterThan(85 * 86400);
+    // Both changed partitions: both are in the audit trail (ADR 0014), with who and how many.
+    const audit = await db.query("SELECT action, login_role, rows::int AS rows, result FROM outbox_dispatcher.operator_audit ORDER BY id");
+    expect(audit.rows.map((a) => [a.action, a.result === null ? null : a.result.split(';')[0]])).toEqual([
+      ['incident.runway-low', 'done'],
+      ['partitions.rotate', 'ok'],
+    ]);
+    expect(audit.rows[0].rows).toBeGreaterThan(0);
+    expect(audit.rows[1].login_role).toBe(new URL(db.workerUrl).username);
   }, 240_000); // two CLI starts; slow only on a loaded machine
 
   it('claim-latency pushes the claim statement past the 10 ms budget while it runs', async ({ fileDb: db }) => {

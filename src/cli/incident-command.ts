@@ -1,5 +1,8 @@
 import { EXIT } from '../kernel/exit-codes.ts';
 import * as incidents from '../incidents/scenarios.ts';
+import type pg from 'pg';
+import { auditAddClient, auditBeginClient } from '../db/queries/audit.ts';
+import { actorFor } from './actor.ts';
 import { cliSettings, withClient } from './connection.ts';
 import { UsageError, parsePositiveInt, parseTypePattern, parseUuid } from './parse.ts';
 
@@ -55,16 +58,34 @@ export async function incidentCommand(scenario: string, opts: IncidentOptions, e
       case 'poison':
         await incidents.poisonEvents(client, { tenant, count, type }, out);
         break;
-      case 'backlog':
-        await incidents.backlogSurge(client, { tenant, count, type, ageSeconds: parsePositiveInt('--age', opts.age ?? '3600', 31_536_000) }, out);
+      case 'backlog': {
+        const ageSeconds = parsePositiveInt('--age', opts.age ?? '3600', 31_536_000);
+        await audited(client, 'incident.backlog', { tenant, count, type, ageSeconds }, env, () => incidents.backlogSurge(client, { tenant, count, type, ageSeconds }, out));
         break;
+      }
       case 'claim-latency':
         await incidents.claimLatency(client, { durationMs, holdMs: parsePositiveInt('--hold', opts.hold ?? '50', 10_000) }, out, stop.signal);
         break;
       case 'runway-low':
-        await incidents.runwayLow(client, out);
+        await audited(client, 'incident.runway-low', {}, env, async () => (await incidents.runwayLow(client, out)).length);
         break;
     }
   });
   return EXIT.OK;
+}
+
+/**
+ * Incidents that change events or partitions are operator actions like any other: recorded in
+ * the audit trail (ADR 0014) with the rows they inserted or partitions they dropped. (poison
+ * runs as a producer, whose login holds no audit functions; its events carry its type.)
+ */
+async function audited(client: pg.ClientBase, action: string, filter: Record<string, unknown>, env: NodeJS.ProcessEnv, work: () => Promise<number>): Promise<void> {
+  const id = await auditBeginClient(client, action, actorFor(action.replace('.', ' '), env), filter);
+  try {
+    const rows = await work();
+    await auditAddClient(client, id, rows, 'done');
+  } catch (err) {
+    await auditAddClient(client, id, 0, `failed: ${(err as Error).message}`).catch(() => undefined);
+    throw err;
+  }
 }
