@@ -78,6 +78,11 @@ describe('the on-call walk', () => {
     expect(shown).toMatch(/last error:\s+.*410/);
     expect(shown).toMatch(/partition:\s+capacity_outbox_p\d{4}_\d\d/);
 
+    const before = JSON.parse(await sh('sinks', 'status', '--json')) as { sinks: { sink: string; paused: boolean; recent: { dead: number; last_error: string } }[] };
+    expect(before.sinks).toHaveLength(1);
+    expect(before.sinks[0]).toMatchObject({ sink: 'webhooks', paused: false, recent: { dead: 4 } });
+    expect(before.sinks[0]!.recent.last_error).toContain('410');
+
     // 2. Pause its sink while the receiver is being fixed; every replica sees it.
     expect(await sh('sinks', 'pause', 'webhooks', '--reason', 'receiver redeploying /hook (INC-7)')).toContain('paused webhooks');
     await waitFor(async () => (await pausedGauge()) === 1, { what: 'the daemon to report the pause' });

@@ -1,6 +1,6 @@
 import { loadEnvConfig } from '../config/env.ts';
-import { compileRoutes, DEFAULT_EMBEDDED_ROUTES, loadRoutesFile } from '../config/routes.ts';
-import { listPauses, pauseSink, resumeSink, type SinkPause } from '../db/queries/sink-pauses.ts';
+import { compileRoutes, DEFAULT_EMBEDDED_ROUTES, findRoute, loadRoutesFile, type Route } from '../config/routes.ts';
+import { listPauses, pauseSink, recentFailures, resumeSink, type SinkPause } from '../db/queries/sink-pauses.ts';
 import { EXIT } from '../kernel/exit-codes.ts';
 import { actorFor } from './actor.ts';
 import { withDatabase } from './connection.ts';
@@ -18,12 +18,17 @@ const SINK_NAME = /^[A-Za-z0-9_.:-]{1,64}$/;
  * The sinks configured here (OUTBOX_ROUTES, or the embedded default without DATABASE_URL), or
  * undefined when this environment names no routes: the CLI then knows only the paused ones.
  */
-function configuredSinks(env: NodeJS.ProcessEnv, databaseUrl: string | undefined): { name: string; type: string; match: string[] }[] | undefined {
+function configuredRoutes(env: NodeJS.ProcessEnv, databaseUrl: string | undefined): Route[] | undefined {
   const config = loadEnvConfig(env);
   const file = config.routesSource ? loadRoutesFile(config.routesSource) : !(databaseUrl ?? config.databaseUrl) ? DEFAULT_EMBEDDED_ROUTES : undefined;
-  if (!file) return undefined;
+  return file ? compileRoutes(file, config.dispatch.leaseMs) : undefined;
+}
+
+function configuredSinks(env: NodeJS.ProcessEnv, databaseUrl: string | undefined): { name: string; type: string; match: string[] }[] | undefined {
+  const routes = configuredRoutes(env, databaseUrl);
+  if (!routes) return undefined;
   const bySink = new Map<string, { name: string; type: string; match: string[] }>();
-  for (const r of compileRoutes(file, config.dispatch.leaseMs)) {
+  for (const r of routes) {
     const s = bySink.get(r.sinkName) ?? { name: r.sinkName, type: r.sink.type, match: [] };
     s.match.push(r.match);
     bySink.set(r.sinkName, s);
@@ -67,17 +72,38 @@ export interface SinkStatus {
   match: string[] | null;
   paused: boolean;
   pause: Omit<SinkPause, 'sink'> | null;
+  /** Events created in the last hour, routed to it, that failed: retrying, dead, and a recent error; null when routes are unknown here. */
+  recent: { retrying: number; dead: number; last_error: string | null } | null;
 }
 
+/** Failures are counted over this window (`sinks status`). */
+const RECENT_SECONDS = 3600;
+
 export async function sinksStatusCommand(opts: SinkOptions, env: NodeJS.ProcessEnv = process.env): Promise<number> {
+  const routes = configuredRoutes(env, opts.databaseUrl);
   const configured = configuredSinks(env, opts.databaseUrl);
-  const pauses = await withDatabase(opts, env, (db) => listPauses(db));
+  const [pauses, failures] = await withDatabase(opts, env, async (db) => [await listPauses(db), routes ? await recentFailures(db, RECENT_SECONDS) : []] as const);
+  // Each failing type counts for the sink its route sends it to (first match wins, as in the daemon).
+  const recent = new Map<string, { retrying: number; dead: number; last_error: string | null }>();
+  for (const f of failures) {
+    const sink = routes && findRoute(routes, f.event_type)?.sinkName;
+    if (!sink) continue;
+    const r = recent.get(sink) ?? { retrying: 0, dead: 0, last_error: null };
+    recent.set(sink, { retrying: r.retrying + f.retrying, dead: r.dead + f.dead, last_error: r.last_error ?? f.last_error });
+  }
   const names = new Set([...(configured ?? []).map((s) => s.name), ...pauses.map((p) => p.sink)]);
   const status: SinkStatus[] = [...names].sort().map((name) => {
     const c = configured?.find((s) => s.name === name);
     const p = pauses.find((x) => x.sink === name);
     const { sink: _s, ...pause } = p ?? ({} as SinkPause);
-    return { sink: name, type: c?.type ?? null, match: c?.match ?? null, paused: p !== undefined, pause: p ? pause : null };
+    return {
+      sink: name,
+      type: c?.type ?? null,
+      match: c?.match ?? null,
+      paused: p !== undefined,
+      pause: p ? pause : null,
+      recent: routes ? (recent.get(name) ?? { retrying: 0, dead: 0, last_error: null }) : null,
+    };
   });
   const perReplica =
     "circuit state and in-flight sends are each replica's own: outbox_sink_circuit_state{sink} and outbox_inflight_events on that replica's /metrics";
@@ -95,6 +121,8 @@ export async function sinksStatusCommand(opts: SinkOptions, env: NodeJS.ProcessE
         by: s.pause ? `${s.pause.login_role}${s.pause.os_user ? ` (os user ${s.pause.os_user})` : ''}` : '',
         parked: s.pause ? s.pause.parked : '',
         reason: s.pause?.reason ?? '',
+        'retrying/dead (1 h)': s.recent ? `${s.recent.retrying}/${s.recent.dead}` : '?',
+        last_error: s.recent?.last_error?.replace(/\s+/g, ' ').slice(0, 60) ?? '',
       })),
     )}\n`,
   );

@@ -59,3 +59,36 @@ export async function unparkOrphans(db: Kysely<Database>): Promise<number> {
   const r = await sql<{ n: string }>`SELECT outbox_dispatcher.sink_unpark_orphans() AS n`.execute(db);
   return Number(r.rows[0]!.n);
 }
+
+export interface RecentFailures {
+  event_type: string;
+  /** Pending events of the window that already failed at least once (retrying). */
+  retrying: number;
+  dead: number;
+  /** The last error of the newest of them. */
+  last_error: string | null;
+}
+
+/**
+ * Failures among events created in the last `windowSeconds`, by event type (the CLI maps types
+ * to sinks through the routes). Reads the unsettled statuses through the dispatch index, within
+ * the window's partitions; settled ('done') rows are never read.
+ */
+export async function recentFailures(db: Kysely<Database>, windowSeconds: number): Promise<RecentFailures[]> {
+  const r = await sql<Omit<RecentFailures, 'retrying' | 'dead'> & { retrying: string; dead: string }>`
+    SELECT f.event_type, f.retrying, f.dead, l.last_error
+    FROM (SELECT event_type,
+                 count(*) FILTER (WHERE status = 'pending') AS retrying,
+                 count(*) FILTER (WHERE status = 'dead') AS dead
+          FROM capacity_outbox
+          WHERE status IN ('pending', 'dead') AND attempts > 0 AND last_error IS NOT NULL
+            AND created_at >= now() - ${windowSeconds} * interval '1 second'
+          GROUP BY event_type) f
+    CROSS JOIN LATERAL (
+      SELECT left(o.last_error, 300) AS last_error FROM capacity_outbox o
+      WHERE o.event_type = f.event_type AND o.status IN ('pending', 'dead') AND o.attempts > 0 AND o.last_error IS NOT NULL
+        AND o.created_at >= now() - ${windowSeconds} * interval '1 second'
+      ORDER BY o.created_at DESC LIMIT 1) l
+    ORDER BY f.event_type`.execute(db);
+  return r.rows.map((row) => ({ ...row, retrying: Number(row.retrying), dead: Number(row.dead) }));
+}
