@@ -236,6 +236,88 @@ describe('dedupe semantics of ADR 0001 (revision 2026-11-30)', () => {
     }
   });
 
+  it('the claim frees the keys of exactly the events it claimed, in one statement (migration 0012)', async ({ fileDb: db }) => {
+    const t = tenantId();
+    const type = 'claimfree';
+    const ids = await produce(db.producerUrl, t, Array.from({ length: 6 }, (_, i) => ({ type, dedupeKey: `k${i}` })));
+    expect(ids).toHaveLength(6);
+    const held = async () =>
+      (await db.query<{ n: number }>('SELECT count(*)::int AS n FROM outbox_dispatcher.capacity_outbox_active_keys WHERE event_id = ANY($1)', [ids])).rows[0]!.n;
+    expect(await held()).toBe(6);
+    // Claim through the real function (one batch, other tests' events included), as the worker's login.
+    const claimed = await claimBatch(db.workerDb(), { workerId: 'w-free', limit: 5000, leaseMs: 60_000, maxPayloadBytes: 1_048_576 });
+    const mine = claimed.filter((r) => ids.includes(r.id));
+    expect(mine).toHaveLength(6);
+    expect(await held()).toBe(0);
+    // Each key is free again: a newer event of every key is accepted.
+    expect(await produce(db.producerUrl, t, Array.from({ length: 6 }, (_, i) => ({ type, dedupeKey: `k${i}` })))).toHaveLength(6);
+    // The per-row trigger still frees a key when an event leaves pending any other way.
+    const [other] = await produce(db.producerUrl, t, [{ type: 'claimfree.byhand', dedupeKey: 'h' }]);
+    await db.query("UPDATE capacity_outbox SET status = 'dead' WHERE id = $1", [other]);
+    expect(await produce(db.producerUrl, t, [{ type: 'claimfree.byhand', dedupeKey: 'h' }])).toHaveLength(1);
+  });
+
+  it('the set-based release frees only keys of events no longer pending, and only the worker may call it', async ({ fileDb: db }) => {
+    const t = tenantId();
+    const [queued] = await produce(db.producerUrl, t, [{ type: 'relguard', dedupeKey: 'k' }]);
+    const worker = new pg.Client({ connectionString: db.workerUrl });
+    await worker.connect();
+    try {
+      const r = await worker.query('SELECT outbox_dispatcher.capacity_outbox_release_claimed_keys(ARRAY[$1::uuid]) AS n', [queued]);
+      expect(r.rows[0].n).toBe(0);
+    } finally {
+      await worker.end();
+    }
+    expect(await produce(db.producerUrl, t, [{ type: 'relguard', dedupeKey: 'k' }])).toEqual([]);
+    const producer = new pg.Client(db.producerUrl);
+    await producer.connect();
+    try {
+      await expect(producer.query('SELECT outbox_dispatcher.capacity_outbox_release_claimed_keys(ARRAY[$1::uuid])', [queued])).rejects.toMatchObject({ code: '42501' });
+    } finally {
+      await producer.end();
+    }
+  });
+
+  it('a producer racing the real claim function waits for it: accepted if the claim commits, dropped if it rolls back', async ({ fileDb: db }) => {
+    for (const end of ['COMMIT', 'ROLLBACK'] as const) {
+      const t = tenantId();
+      const type = `claimfnrace.${end}`;
+      await produce(db.producerUrl, t, [{ type, dedupeKey: 'k' }]);
+      const worker = new pg.Client({ connectionString: db.workerUrl });
+      await worker.connect();
+      const producer = await producerClient(db, t);
+      try {
+        await worker.query('BEGIN');
+        await worker.query("SELECT count(*) FROM outbox_dispatcher.claim_batch('w-race', 5000, 60000, 1048576)");
+        // The trigger stands aside only during the claim: later updates in the same transaction free keys as before.
+        expect((await worker.query("SELECT current_setting('outbox_dispatcher.claim_frees_keys', true) AS v")).rows[0].v).toBe('off');
+        const dup = producer.query(insertSql, [t, type, 'k', null]);
+        await waitForLockWait(db, producer);
+        await worker.query(end);
+        expect((await dup).rowCount).toBe(end === 'COMMIT' ? 1 : 0);
+        await producer.query('COMMIT');
+      } finally {
+        await worker.end();
+        await producer.end();
+      }
+    }
+  });
+
+  it('gives events time-ordered ids (UUID version 7): events inserted later sort after earlier ones', async ({ fileDb: db }) => {
+    const t = tenantId();
+    const [first] = await produce(db.producerUrl, t, [{ type: 'v7' }]);
+    await new Promise((r) => setTimeout(r, 5));
+    const [second] = await produce(db.producerUrl, t, [{ type: 'v7' }]);
+    for (const id of [first!, second!]) {
+      expect(id).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
+    }
+    expect(first! < second!).toBe(true);
+    // The first 48 bits are the insert's Unix milliseconds.
+    const ms = parseInt(first!.replace(/-/g, '').slice(0, 12), 16);
+    const created = (await db.query<{ ms: number }>('SELECT (extract(epoch FROM created_at) * 1000)::float8 AS ms FROM capacity_outbox WHERE id = $1', [first])).rows[0]!.ms;
+    expect(Math.abs(ms - created)).toBeLessThan(1000);
+  });
+
   it('two producers of one key racing while the older event is in flight: exactly one newer event is queued', async ({ fileDb: db }) => {
     const t = tenantId();
     const [older] = await produce(db.producerUrl, t, [{ type: 'race3', dedupeKey: 'k' }]);

@@ -21,6 +21,7 @@ const DOCUMENTED = {
     'outbox_dispatcher.capacity_outbox_ordering_place', // ordering key lock + sequence; only from the insert trigger, own tenant only (ADR 0011)
     'outbox_dispatcher.capacity_outbox_ordering_settle_pending', // the ordering settler (ADR 0011)
     'outbox_dispatcher.capacity_outbox_ordering_skip', // route onDeadHead = skip and `events skip` (ADR 0011)
+    'outbox_dispatcher.capacity_outbox_release_claimed_keys', // the claim frees its batch's dedupe keys; only keys of events no longer pending (migration 0012)
     'outbox_dispatcher.capacity_outbox_take_key', // dedupe key for retries/replays; only from a trigger, own tenant only (ADR 0001 revision)
     'outbox_dispatcher.claim_batch', // SECURITY INVOKER: RLS and column grants still apply (ADR 0006)
     'outbox_dispatcher.maintenance_lease_release', // the rotation lease (migration 0011, ADR 0010)
@@ -38,6 +39,7 @@ const DOCUMENTED = {
     'outbox_dispatcher.sink_pause', // `sinks pause`, audited in the same transaction (ADR 0014)
     'outbox_dispatcher.sink_resume', // `sinks resume`, audited in the same transaction (ADR 0014)
     'outbox_dispatcher.sink_unpark_orphans', // each replica's poll: parked events whose pause is gone (ADR 0014)
+    'outbox_dispatcher.uuid_v7', // the id column's default (time-ordered ids, migration 0012); also granted to app_producer
     'public.current_restaurant_id',
     'public.require_restaurant_context',
     'public.set_restaurant_context',
