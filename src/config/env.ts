@@ -16,6 +16,7 @@ export const envSchema = z.object({
   METRICS_HOST: stringVar(),
   OUTBOX_BATCH_SIZE: intVar(500, 1, 5000),
   OUTBOX_CONCURRENCY: intVar(100, 1, 1000),
+  OUTBOX_FAIR_SHARE_PERCENT: intVar(25, 0, 100),
   OUTBOX_POLL_INTERVAL_MS: intVar(1000, 10, 600_000),
   OUTBOX_LEASE_MS: intVar(30_000, 1000, 3_600_000),
   OUTBOX_MAX_ATTEMPTS: intVar(10, 1, 1000),
@@ -60,6 +61,8 @@ export interface DispatchSettings {
   workerId: string;
   batchSize: number;
   concurrency: number;
+  /** Share of each claim filled tenant by tenant (ADR 0012); 0 = oldest first only. */
+  fairSharePercent: number;
   pollIntervalMs: number;
   leaseMs: number;
   maxAttempts: number;
@@ -145,6 +148,7 @@ export function loadEnvConfig(env: NodeJS.ProcessEnv = process.env): EnvConfig {
       workerId,
       batchSize: e.OUTBOX_BATCH_SIZE,
       concurrency: e.OUTBOX_CONCURRENCY,
+      fairSharePercent: e.OUTBOX_FAIR_SHARE_PERCENT,
       pollIntervalMs: e.OUTBOX_POLL_INTERVAL_MS,
       leaseMs: e.OUTBOX_LEASE_MS,
       maxAttempts: e.OUTBOX_MAX_ATTEMPTS,

@@ -58,6 +58,9 @@ export class Dispatcher implements Service {
   readonly #tasks = new Set<Promise<void>>();
   readonly #maxHeld: number;
   readonly #cursor = new ClaimCursor({ headScanIntervalMs: 1000, slackMs: 1000 });
+  /** Where the next claim's fair lane starts: the last tenant the previous one visited (ADR 0012). */
+  #tenantCursor: string | null = null;
+  readonly #fair: { rows: number; perTenant: number; tenants: number };
   #held = 0;
   #waitingForSlot = false;
   #state: DispatcherState = 'idle';
@@ -74,6 +77,7 @@ export class Dispatcher implements Service {
     // The window holds the sends in flight, the batch queued behind them and room for the
     // next full claim.
     this.#maxHeld = deps.settings.concurrency + 2 * deps.settings.batchSize;
+    this.#fair = fairLane(deps.settings.batchSize, deps.settings.fairSharePercent);
     deps.completer.onWritten(() => {
       if (this.#waitingForSlot) this.#wakeup.poke();
     });
@@ -136,6 +140,10 @@ export class Dispatcher implements Service {
           leaseMs: settings.leaseMs,
           maxPayloadBytes: settings.maxPayloadBytes,
           after,
+          tenantAfter: this.#tenantCursor,
+          fairRows: this.#fair.rows,
+          fairPerTenant: this.#fair.perTenant,
+          fairTenants: this.#fair.tenants,
         });
         endTimer();
         failures = 0;
@@ -149,6 +157,7 @@ export class Dispatcher implements Service {
       }
       metrics.claimBatchSize.observe(rows.length);
       this.#cursor.advance(rows.map((r) => r.due_at), after);
+      if (rows.length > 0) this.#tenantCursor = rows[0]!.tenant_cursor;
       for (const row of rows) this.#schedule(row, claimedAt + settings.leaseMs);
       if (rows.length < limit && !this.#stopLoop.signal.aborted) {
         await this.#wakeup.wait(jitter(settings.pollIntervalMs));
@@ -323,3 +332,15 @@ export class Dispatcher implements Service {
   }
 }
 
+
+/**
+ * The fair lane's share of a claim (docs/adr/0012-tenant-fairness.md): `percent` of the batch,
+ * at most a fifth of that from one tenant (so one claim serves at least five tenants when that
+ * many have due events), and at most 32 tenants visited, which bounds the claim's index reads
+ * whatever the number of tenants.
+ */
+export function fairLane(batchSize: number, percent: number): { rows: number; perTenant: number; tenants: number } {
+  const rows = Math.floor((batchSize * percent) / 100);
+  if (rows === 0) return { rows: 0, perTenant: 1, tenants: 0 };
+  return { rows, perTenant: Math.max(1, Math.ceil(rows / 5)), tenants: Math.min(32, rows) };
+}

@@ -28,6 +28,10 @@ export interface ClaimedRow {
   attempts: number;
   /** next_attempt_at before the claim: where the claim's walk of the due range reached. */
   due_at: Date;
+  /** Claimed by the fair lane (tenant by tenant) rather than the oldest-first walk (ADR 0012). */
+  fair: boolean;
+  /** The last tenant the fair lane visited: where the next claim's fair lane starts (same on every row). */
+  tenant_cursor: string | null;
 }
 
 export interface ClaimArgs {
@@ -38,6 +42,14 @@ export interface ClaimArgs {
   maxPayloadBytes: number;
   /** Start the walk of the due range here instead of at its head (see claim-cursor.ts). */
   after?: Date | null;
+  /** Fair lane (ADR 0012): how many of `limit` to take tenant by tenant; 0 = oldest first only. */
+  fairRows?: number;
+  /** Fair lane: at most this many events of one tenant per claim. */
+  fairPerTenant?: number;
+  /** Fair lane: at most this many tenants visited per claim (bounds the claim's reads). */
+  fairTenants?: number;
+  /** Fair lane: start after this tenant (the previous claim's tenant_cursor). */
+  tenantAfter?: string | null;
 }
 
 /**
@@ -59,9 +71,10 @@ function dueRows(qc: QueryCreator<Database>, status: 'pending' | 'processing', l
 
 /**
  * Claims up to `limit` due events for `workerId` with a lease of `leaseMs`, in one call of
- * outbox_dispatcher.claim_batch (migration 0004): an ordered walk of the dispatch index
- * whose plan does not depend on statistics, SKIP LOCKED so workers claim side by side, and
- * the payload size checked in SQL (docs/adr/0006-backlog-proof-claim.md).
+ * outbox_dispatcher.claim_batch (migrations 0004, 0012, 0014): an ordered walk of the dispatch
+ * index whose plan does not depend on statistics, SKIP LOCKED so workers claim side by side,
+ * the payload size checked in SQL (docs/adr/0006-backlog-proof-claim.md), and optionally a
+ * fair lane that takes a share of the batch tenant by tenant (docs/adr/0012-tenant-fairness.md).
  * While processing, next_attempt_at holds the lease expiry (see rescueExpiredLeases).
  */
 export async function claimBatch(db: Kysely<Database>, args: ClaimArgs): Promise<ClaimedRow[]> {
@@ -72,9 +85,11 @@ export async function claimBatch(db: Kysely<Database>, args: ClaimArgs): Promise
 /** The claim statement itself, unexecuted (for EXPLAIN in tests and benchmarks). */
 export function claimStatement(args: ClaimArgs) {
   return sql<ClaimedRow>`SELECT id, created_at_key, created_at, restaurant_id, event_type, payload, payload_bytes,
-      dedupe_key, idempotency_key, headers, attempts, due_at, ordering_key, ordering_seq::text AS ordering_seq
+      dedupe_key, idempotency_key, headers, attempts, due_at, ordering_key, ordering_seq::text AS ordering_seq,
+      fair, tenant_cursor
     FROM outbox_dispatcher.claim_batch(${args.workerId}, ${args.limit}::int, ${Math.round(args.leaseMs)}::int,
-      ${args.maxPayloadBytes}::int, ${args.after ?? null}::timestamptz)`;
+      ${args.maxPayloadBytes}::int, ${args.after ?? null}::timestamptz, ${args.tenantAfter ?? null}::uuid,
+      ${args.fairRows ?? 0}::int, ${Math.max(1, args.fairPerTenant ?? 1)}::int, ${args.fairTenants ?? 0}::int)`;
 }
 
 export interface Completion {
