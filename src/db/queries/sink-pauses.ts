@@ -54,8 +54,24 @@ export async function parkEvent(
   return r.rows[0]!.parked === true;
 }
 
-/** Parked events whose sink is no longer paused, made due again; how many. */
+/**
+ * Parked events whose sink is no longer paused, made due again; how many. Each replica calls it
+ * every second, while a paused sink may have a large parked backlog: the check walks
+ * sink_parked's index once per distinct sink (a loose index scan), never the parked rows, and
+ * the unpark function (which reads them) runs only when a sink without a pause has parked events.
+ */
 export async function unparkOrphans(db: Kysely<Database>): Promise<number> {
+  const orphans = await sql<{ sink: string }>`
+    WITH RECURSIVE s AS (
+      (SELECT p.sink FROM outbox_dispatcher.sink_parked p ORDER BY p.sink LIMIT 1)
+      UNION ALL
+      SELECT (SELECT p.sink FROM outbox_dispatcher.sink_parked p WHERE p.sink > s.sink ORDER BY p.sink LIMIT 1)
+      FROM s WHERE s.sink IS NOT NULL
+    )
+    SELECT s.sink FROM s
+    WHERE s.sink IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM outbox_dispatcher.sink_pauses x WHERE x.sink = s.sink)`.execute(db);
+  if (orphans.rows.length === 0) return 0;
   const r = await sql<{ n: string }>`SELECT outbox_dispatcher.sink_unpark_orphans() AS n`.execute(db);
   return Number(r.rows[0]!.n);
 }
