@@ -1,6 +1,6 @@
 import type { Kysely } from 'kysely';
 import pg from 'pg';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect } from 'vitest';
 import { claimBatch, completeBatch, rescueExpiredLeases, type ClaimedRow } from '../src/db/queries/outbox.ts';
 import { settlePendingKeys } from '../src/db/queries/ordering.ts';
 import type { Database } from '../src/db/schema.ts';
@@ -8,27 +8,21 @@ import { PermanentDispatchError, RetryableDispatchError } from '../src/domain/di
 import type { Daemon } from '../src/lifecycle/daemon.ts';
 import { runCli } from './support/cli.ts';
 import { startDaemon, recordingSink } from './support/daemon.ts';
-import { createTestDatabase, produce, tenantId, waitFor, type TestDatabase } from './support/db.ts';
+import { test } from './support/fixtures.ts';
+import { produce, tenantId, waitFor, type TestDatabase } from './support/db.ts';
 
 // Per-key ordering (migration 0010, ADR 0011), as the daemon's login and a producer's login.
 
-let db: TestDatabase;
-let worker: Kysely<Database>;
-const daemons: Daemon[] = [];
-beforeAll(async () => {
-  db = await createTestDatabase();
-  worker = db.workerDb();
-});
-afterEach(async () => {
-  await Promise.all(daemons.splice(0).map((d) => d.stop()));
-  await db.query('DELETE FROM capacity_outbox');
-  await db.query('DELETE FROM outbox_dispatcher.capacity_outbox_ordering_keys');
-  await db.query('DELETE FROM outbox_dispatcher.capacity_outbox_ordering_blocked');
-  await db.query('DELETE FROM outbox_dispatcher.capacity_outbox_ordering_unsettled');
-  await db.query('DELETE FROM outbox_dispatcher.capacity_outbox_active_keys');
-});
-afterAll(async () => {
-  await db.drop();
+// Each test gets its own database (no cleanup between tests); daemons a test starts are stopped
+// before its database is dropped (the daemons fixture depends on db, so it ends first).
+const it = test.extend<{ worker: Kysely<Database>; daemons: Daemon[] }>({
+  worker: async ({ db }, use) => use(db.workerDb()),
+  // Names db only to depend on it: vitest then ends this fixture before it drops the database.
+  daemons: async ({ db }, use) => {
+    const started: Daemon[] = [];
+    await use(started);
+    await Promise.all(started.map((d) => d.stop()));
+  },
 });
 
 interface Row {
@@ -40,7 +34,7 @@ interface Row {
   last_error: string | null;
 }
 
-async function rowsOf(tenant: string, key: string): Promise<Row[]> {
+async function rowsOf(db: TestDatabase, tenant: string, key: string): Promise<Row[]> {
   const r = await db.query<Row>(
     `SELECT id, status, ordering_seq::text, next_attempt_at = 'infinity' AS waiting, attempts, last_error
      FROM capacity_outbox WHERE restaurant_id = $1 AND ordering_key = $2 ORDER BY ordering_seq`,
@@ -49,14 +43,14 @@ async function rowsOf(tenant: string, key: string): Promise<Row[]> {
   return r.rows;
 }
 
-async function claimAll(workerId = 'w1', leaseMs = 60_000): Promise<ClaimedRow[]> {
+async function claimAll(worker: Kysely<Database>, workerId = 'w1', leaseMs = 60_000): Promise<ClaimedRow[]> {
   return claimBatch(worker, { workerId, limit: 1000, leaseMs, maxPayloadBytes: 1_048_576 });
 }
 
 const done = (r: ClaimedRow) => ({ id: r.id, createdAtKey: r.created_at_key, attempt: r.attempts, outcome: { kind: 'done' as const } });
 
 describe('the queue of one key', () => {
-  it('makes only the head due, and the completion of the head promotes the next, in sequence order', async () => {
+  it('makes only the head due, and the completion of the head promotes the next, in sequence order', async ({ db, worker }) => {
     const t = tenantId();
     const ids = await produce(db.producerUrl, t, [
       { type: 'booking.created', orderingKey: 'booking:1' },
@@ -64,33 +58,33 @@ describe('the queue of one key', () => {
       { type: 'booking.cancelled', orderingKey: 'booking:1' },
       { type: 'table.held' }, // unkeyed: due at once
     ]);
-    const rows = await rowsOf(t, 'booking:1');
+    const rows = await rowsOf(db, t, 'booking:1');
     expect(rows.map((r) => r.id)).toEqual(ids.slice(0, 3));
     expect(rows.map((r) => r.waiting)).toEqual([false, true, true]);
     const seqs = rows.map((r) => BigInt(r.ordering_seq!));
     expect(seqs[0]! < seqs[1]! && seqs[1]! < seqs[2]!).toBe(true);
 
     for (let step = 0; step < 3; step++) {
-      const claimed = await claimAll();
+      const claimed = await claimAll(worker);
       const keyed = claimed.filter((c) => c.ordering_key !== null);
       expect(keyed.map((c) => c.id)).toEqual([ids[step]]);
       expect(keyed[0]!.ordering_seq).toBe(rows[step]!.ordering_seq);
       if (step === 0) expect(claimed.filter((c) => c.ordering_key === null)).toHaveLength(1);
       expect(await completeBatch(worker, 'w1', claimed.map(done))).toEqual(new Set(claimed.map((c) => c.id)));
     }
-    expect(await claimAll()).toEqual([]);
+    expect(await claimAll(worker)).toEqual([]);
     // The key's row is given up once nothing of the key is active.
     expect((await db.query('SELECT 1 FROM outbox_dispatcher.capacity_outbox_ordering_keys')).rowCount).toBe(0);
   });
 
-  it('keeps the key waiting while the head retries: later events spend no attempts', async () => {
+  it('keeps the key waiting while the head retries: later events spend no attempts', async ({ db, worker }) => {
     const t = tenantId();
     const ids = await produce(db.producerUrl, t, [1, 2, 3].map((i) => ({ type: 'e', orderingKey: 'k', payload: { i } })));
     for (let attempt = 1; attempt <= 3; attempt++) {
-      const [head] = await claimAll();
+      const [head] = await claimAll(worker);
       expect(head!.id).toBe(ids[0]);
       await completeBatch(worker, 'w1', [{ id: head!.id, createdAtKey: head!.created_at_key, attempt, outcome: { kind: 'retry', delayMs: 0, error: 'HTTP 503' } }]);
-      const rows = await rowsOf(t, 'k');
+      const rows = await rowsOf(db, t, 'k');
       expect(rows.map((r) => [r.status, r.attempts, r.waiting])).toEqual([
         ['pending', attempt, false],
         ['pending', 0, true],
@@ -99,23 +93,23 @@ describe('the queue of one key', () => {
     }
   });
 
-  it('keys are per tenant and per key: other keys and unkeyed events keep their parallelism', async () => {
+  it('keys are per tenant and per key: other keys and unkeyed events keep their parallelism', async ({ db, worker }) => {
     const a = tenantId();
     const b = tenantId();
     await produce(db.producerUrl, a, [{ type: 'e', orderingKey: 'k' }, { type: 'e', orderingKey: 'k' }, { type: 'e', orderingKey: 'j' }, { type: 'e' }, { type: 'e' }]);
     await produce(db.producerUrl, b, [{ type: 'e', orderingKey: 'k' }]);
-    const claimed = await claimAll();
+    const claimed = await claimAll(worker);
     expect(claimed).toHaveLength(5); // heads of a/k, a/j, b/k and both unkeyed
   });
 
-  it('refuses an unusable ordering key with a clear error and keeps nothing of the transaction', async () => {
+  it('refuses an unusable ordering key with a clear error and keeps nothing of the transaction', async ({ db }) => {
     const t = tenantId();
     await expect(produce(db.producerUrl, t, [{ type: 'e', orderingKey: '' }])).rejects.toThrow(/invalid ordering_key/);
     await expect(produce(db.producerUrl, t, [{ type: 'e', orderingKey: 'x'.repeat(201) }])).rejects.toThrow(/invalid ordering_key/);
     await expect(produce(db.producerUrl, t, [{ type: 'e', orderingKey: 'a\nb' }])).rejects.toThrow(/invalid ordering_key/);
   });
 
-  it('a producer cannot assign the sequence itself', async () => {
+  it('a producer cannot assign the sequence itself', async ({ db }) => {
     const t = tenantId();
     const c = new pg.Client({ connectionString: db.producerUrl });
     await c.connect();
@@ -133,7 +127,7 @@ describe('the queue of one key', () => {
 });
 
 describe('overlapping producers of one key', () => {
-  it('the second producer waits for the first; sequence order is commit order', async () => {
+  it('the second producer waits for the first; sequence order is commit order', async ({ db, daemons }) => {
     const t = tenantId();
     const tx1 = new pg.Client({ connectionString: db.producerUrl });
     const tx2 = new pg.Client({ connectionString: db.producerUrl });
@@ -161,7 +155,7 @@ describe('overlapping producers of one key', () => {
       await produce(db.producerUrl, t, [{ type: 'other', orderingKey: 'booking:8' }]);
       await tx1.query('COMMIT');
       const secondResult = await second;
-      const rows = await rowsOf(t, 'booking:7');
+      const rows = await rowsOf(db, t, 'booking:7');
       expect(rows.map((r) => r.id)).toEqual([first.rows[0]!.id, secondResult.rows[0]!.id]);
       expect(rows.map((r) => r.waiting)).toEqual([false, true]);
 
@@ -179,10 +173,10 @@ describe('overlapping producers of one key', () => {
     }
   });
 
-  it('a completion never waits for a producer holding the key: the key is settled once the producer commits', async () => {
+  it('a completion never waits for a producer holding the key: the key is settled once the producer commits', async ({ db, worker }) => {
     const t = tenantId();
     const [h] = await produce(db.producerUrl, t, [{ type: 'e', orderingKey: 'k' }]);
-    const [head] = await claimAll();
+    const [head] = await claimAll(worker);
     expect(head!.id).toBe(h);
     const p = new pg.Client({ connectionString: db.producerUrl });
     await p.connect();
@@ -196,14 +190,14 @@ describe('overlapping producers of one key', () => {
       expect(await settlePendingKeys(worker, 100)).toBe(0); // still held: stays for later
       await p.query('COMMIT');
       expect(await settlePendingKeys(worker, 100)).toBe(1);
-      expect((await claimAll()).map((c) => c.id)).toEqual([next.rows[0]!.id]);
+      expect((await claimAll(worker)).map((c) => c.id)).toEqual([next.rows[0]!.id]);
       expect((await db.query('SELECT 1 FROM outbox_dispatcher.capacity_outbox_ordering_unsettled')).rowCount).toBe(0);
     } finally {
       await p.end();
     }
   });
 
-  it('a REPEATABLE READ producer that lost the race gets a serialization failure, never a wrong order', async () => {
+  it('a REPEATABLE READ producer that lost the race gets a serialization failure, never a wrong order', async ({ db }) => {
     const t = tenantId();
     const rr = new pg.Client({ connectionString: db.producerUrl });
     await rr.connect();
@@ -219,38 +213,38 @@ describe('overlapping producers of one key', () => {
     }
     // Retried, it queues behind the first.
     await produce(db.producerUrl, t, [{ type: 'e', orderingKey: 'k' }]);
-    expect((await rowsOf(t, 'k')).map((r) => r.waiting)).toEqual([false, true]);
+    expect((await rowsOf(db, t, 'k')).map((r) => r.waiting)).toEqual([false, true]);
   });
 });
 
 describe('dedupe, rescue, partitions', () => {
-  it('a duplicate of a queued keyed event is dropped without taking a sequence; a newer one queued behind an in-flight head supersedes it and moves the key on', async () => {
+  it('a duplicate of a queued keyed event is dropped without taking a sequence; a newer one queued behind an in-flight head supersedes it and moves the key on', async ({ db, worker }) => {
     const t = tenantId();
     const [h] = await produce(db.producerUrl, t, [{ type: 'booking.state', orderingKey: 'b', dedupeKey: 'b' }]);
     expect(await produce(db.producerUrl, t, [{ type: 'booking.state', orderingKey: 'b', dedupeKey: 'b' }])).toEqual([]);
-    expect(await rowsOf(t, 'b')).toHaveLength(1);
-    const [head] = await claimAll();
+    expect(await rowsOf(db, t, 'b')).toHaveLength(1);
+    const [head] = await claimAll(worker);
     expect(head!.id).toBe(h);
     const [n] = await produce(db.producerUrl, t, [{ type: 'booking.state', orderingKey: 'b', dedupeKey: 'b' }]);
-    expect((await rowsOf(t, 'b')).map((r) => [r.id, r.waiting])).toEqual([[h, false], [n, true]]);
+    expect((await rowsOf(db, t, 'b')).map((r) => [r.id, r.waiting])).toEqual([[h, false], [n, true]]);
     // The head fails and goes back to pending: superseded by the newer event, which becomes due.
     await completeBatch(worker, 'w1', [{ id: head!.id, createdAtKey: head!.created_at_key, attempt: 1, outcome: { kind: 'retry', delayMs: 0, error: 'HTTP 503' } }]);
-    const rows = await rowsOf(t, 'b');
+    const rows = await rowsOf(db, t, 'b');
     expect(rows.map((r) => [r.id, r.status, r.waiting])).toEqual([[h, 'done', false], [n, 'pending', false]]);
-    expect((await claimAll()).map((c) => c.id)).toEqual([n]);
+    expect((await claimAll(worker)).map((c) => c.id)).toEqual([n]);
   });
 
-  it('an expired lease returns the head to pending as the head; the next never overtakes it', async () => {
+  it('an expired lease returns the head to pending as the head; the next never overtakes it', async ({ db, worker }) => {
     const t = tenantId();
     const ids = await produce(db.producerUrl, t, [{ type: 'e', orderingKey: 'k' }, { type: 'e', orderingKey: 'k' }]);
     const [head] = await claimBatch(worker, { workerId: 'dead-worker', limit: 10, leaseMs: 1, maxPayloadBytes: 1_048_576 });
     expect(head!.id).toBe(ids[0]);
     await new Promise((r) => setTimeout(r, 20));
     expect(await rescueExpiredLeases(worker, { limit: 100, maxAttempts: 10, retryHorizonMs: 0 })).toEqual({ requeued: 1, deadLettered: 0 });
-    expect((await claimAll()).map((c) => c.id)).toEqual([ids[0]]);
+    expect((await claimAll(worker)).map((c) => c.id)).toEqual([ids[0]]);
   });
 
-  it('a lease expiring on the last attempt dead-letters the head and blocks the key (route default)', async () => {
+  it('a lease expiring on the last attempt dead-letters the head and blocks the key (route default)', async ({ db, worker }) => {
     const t = tenantId();
     const ids = await produce(db.producerUrl, t, [{ type: 'e', orderingKey: 'k' }, { type: 'e', orderingKey: 'k' }]);
     await claimBatch(worker, { workerId: 'dead-worker', limit: 10, leaseMs: 1, maxPayloadBytes: 1_048_576 });
@@ -258,19 +252,19 @@ describe('dedupe, rescue, partitions', () => {
     expect(await rescueExpiredLeases(worker, { limit: 100, maxAttempts: 1, retryHorizonMs: 0 })).toEqual({ requeued: 0, deadLettered: 1 });
     const blocked = await db.query('SELECT event_id FROM outbox_dispatcher.capacity_outbox_ordering_blocked WHERE restaurant_id = $1', [t]);
     expect(blocked.rows).toEqual([{ event_id: ids[0] }]);
-    expect(await claimAll()).toEqual([]);
+    expect(await claimAll(worker)).toEqual([]);
     // With the skip policy the key moves on in the same transaction.
     const [j] = await produce(db.producerUrl, t, [{ type: 'e', orderingKey: 'j' }, { type: 'e', orderingKey: 'j' }]);
     await claimBatch(worker, { workerId: 'dead-worker', limit: 10, leaseMs: 1, maxPayloadBytes: 1_048_576 });
     await new Promise((r) => setTimeout(r, 20));
     await rescueExpiredLeases(worker, { limit: 100, maxAttempts: 1, retryHorizonMs: 0, skipKeyOnDead: () => true });
-    const jRows = await rowsOf(t, 'j');
+    const jRows = await rowsOf(db, t, 'j');
     expect(jRows.map((r) => [r.status, r.waiting])).toEqual([['dead', false], ['pending', false]]);
     expect(jRows[0]!.id).toBe(j);
     expect(jRows[0]!.last_error).toMatch(/^skipped \(ordering key moved on: route ordering.onDeadHead = skip\)/);
   });
 
-  it('keeps its place when partition rotation moves a key’s events out of the default partition', async () => {
+  it('keeps its place when partition rotation moves a key’s events out of the default partition', async ({ db, worker }) => {
     const t = tenantId();
     // A month with no partition yet: the rows land in the default partition.
     const month = '2031-03-01';
@@ -295,7 +289,7 @@ describe('dedupe, rescue, partitions', () => {
     expect(after.rows.map((r) => [r.id, r.ordering_seq, r.waiting])).toEqual(before.rows.map((r) => [r.id, r.ordering_seq, r.waiting]));
     expect(after.rows.filter((r) => r.part === 'capacity_outbox_default')).toHaveLength(0);
     for (let i = 0; i < 3; i++) {
-      const claimed = await claimAll();
+      const claimed = await claimAll(worker);
       expect(claimed.map((r) => r.id)).toEqual([before.rows[i].id]);
       await completeBatch(worker, 'w1', claimed.map(done));
     }
@@ -306,9 +300,9 @@ describe('a dead head: block and skip', { timeout: 240_000 }, () => {
   const routes = (onDeadHead: 'block' | 'skip') => ({
     routes: [{ match: '*', sink: { type: 'noop' as const, name: 'test' }, ordering: { onDeadHead } }],
   });
-  const env = () => ({ DATABASE_URL: db.workerUrl, LOG_LEVEL: 'warn' });
+  const env = (db: TestDatabase) => ({ DATABASE_URL: db.workerUrl, LOG_LEVEL: 'warn' });
 
-  it('block (default): the key waits, other keys flow; listed by events blocked; events replay unblocks in order', async () => {
+  it('block (default): the key waits, other keys flow; listed by events blocked; events replay unblocks in order', async ({ db, daemons }) => {
     const t = tenantId();
     let failHead = true;
     const sink = recordingSink('test', (e) => {
@@ -318,10 +312,10 @@ describe('a dead head: block and skip', { timeout: 240_000 }, () => {
     const ids = await produce(db.producerUrl, t, [1, 2, 3].map((n) => ({ type: 'booking.x', orderingKey: 'booking:1', payload: { n } })));
     await produce(db.producerUrl, t, [1, 2].map((n) => ({ type: 'booking.x', orderingKey: 'booking:2', payload: { n } })));
     await waitFor(() => sink.calls.filter((c) => c.event.orderingKey === 'booking:2').length === 2, { what: 'other key delivered' });
-    await waitFor(async () => (await rowsOf(t, 'booking:1'))[0]!.status === 'dead', { what: 'head dead' });
+    await waitFor(async () => (await rowsOf(db, t, 'booking:1'))[0]!.status === 'dead', { what: 'head dead' });
     expect(sink.calls.filter((c) => c.event.orderingKey === 'booking:1').map((c) => c.event.payload.n)).toEqual([1]);
 
-    const listed = await runCli(['events', 'blocked', '--json'], env());
+    const listed = await runCli(['events', 'blocked', '--json'], env(db));
     expect(listed.stderr).toBe('');
     expect(listed.code).toBe(0);
     const blocked = JSON.parse(listed.stdout).blocked;
@@ -329,42 +323,42 @@ describe('a dead head: block and skip', { timeout: 240_000 }, () => {
     expect(blocked[0]).toMatchObject({ restaurant_id: t, ordering_key: 'booking:1', head_event_id: ids[0], head_event_type: 'booking.x', waiting: 2 });
     expect(blocked[0].last_error).toMatch(/HTTP 400/);
     expect(Date.parse(blocked[0].blocked_since)).not.toBeNaN();
-    const text = await runCli(['events', 'blocked'], env());
+    const text = await runCli(['events', 'blocked'], env(db));
     expect(text.stdout).toContain('booking:1');
     expect(text.stdout).toContain(ids[0]);
 
     failHead = false;
-    const replay = await runCli(['events', 'replay', '--id', ids[0]!], env());
+    const replay = await runCli(['events', 'replay', '--id', ids[0]!], env(db));
     expect(replay.code).toBe(0);
     await waitFor(() => sink.calls.filter((c) => c.event.orderingKey === 'booking:1').length === 4, { what: 'key drained' });
     const seen = sink.calls.filter((c) => c.event.orderingKey === 'booking:1');
     expect(seen.map((c) => c.event.payload.n)).toEqual([1, 1, 2, 3]);
     expect(seen[0]!.event.sequence).toBe(seen[1]!.event.sequence); // the replayed head keeps its place
-    expect(JSON.parse((await runCli(['events', 'blocked', '--json'], env())).stdout).blocked).toEqual([]);
+    expect(JSON.parse((await runCli(['events', 'blocked', '--json'], env(db))).stdout).blocked).toEqual([]);
   });
 
-  it('events skip leaves the head dead and delivers the rest in order; a non-blocking id is refused', async () => {
+  it('events skip leaves the head dead and delivers the rest in order; a non-blocking id is refused', async ({ db, daemons }) => {
     const t = tenantId();
     const sink = recordingSink('test', (e) => {
       if (e.payload.n === 1) throw new PermanentDispatchError('HTTP 422');
     });
     daemons.push(await startDaemon(db, { routes: routes('block'), sinks: { test: sink } }));
     const ids = await produce(db.producerUrl, t, [1, 2, 3].map((n) => ({ type: 'e', orderingKey: 'k', payload: { n } })));
-    await waitFor(async () => (await rowsOf(t, 'k'))[0]!.status === 'dead', { what: 'head dead' });
-    const wrong = await runCli(['events', 'skip', '--id', ids[1]!], env());
+    await waitFor(async () => (await rowsOf(db, t, 'k'))[0]!.status === 'dead', { what: 'head dead' });
+    const wrong = await runCli(['events', 'skip', '--id', ids[1]!], env(db));
     expect(wrong.code).toBe(1);
     expect(wrong.stderr).toBe('');
     expect(wrong.stdout).toMatch(/does not block an ordering key/);
-    const skip = await runCli(['events', 'skip', '--id', ids[0]!, '--json'], env());
+    const skip = await runCli(['events', 'skip', '--id', ids[0]!, '--json'], env(db));
     expect(skip.code).toBe(0);
     expect(JSON.parse(skip.stdout)).toEqual({ results: [{ id: ids[0], result: 'skipped' }] });
     await waitFor(() => sink.calls.filter((c) => c.event.payload.n !== 1).length === 2, { what: 'rest delivered' });
     expect(sink.calls.map((c) => c.event.payload.n)).toEqual([1, 2, 3]);
     // The last outcome is written by the completer shortly after the send.
-    await waitFor(async () => (await rowsOf(t, 'k')).map((r) => r.status).join() === 'dead,done,done', { what: 'outcomes written' });
+    await waitFor(async () => (await rowsOf(db, t, 'k')).map((r) => r.status).join() === 'dead,done,done', { what: 'outcomes written' });
   });
 
-  it('skip policy: a dead head is set aside at once and the key moves on', async () => {
+  it('skip policy: a dead head is set aside at once and the key moves on', async ({ db, daemons }) => {
     const t = tenantId();
     const sink = recordingSink('test', (e) => {
       if (e.payload.n === 2) throw new PermanentDispatchError('HTTP 400');
@@ -372,15 +366,15 @@ describe('a dead head: block and skip', { timeout: 240_000 }, () => {
     });
     daemons.push(await startDaemon(db, { routes: routes('skip'), sinks: { test: sink } }));
     await produce(db.producerUrl, t, [1, 2, 3, 4].map((n) => ({ type: 'e', orderingKey: 'k', payload: { n } })));
-    await waitFor(async () => (await rowsOf(t, 'k')).every((r) => r.status === 'done' || r.status === 'dead'), { what: 'key drained' });
+    await waitFor(async () => (await rowsOf(db, t, 'k')).every((r) => r.status === 'done' || r.status === 'dead'), { what: 'key drained' });
     expect(sink.calls.map((c) => c.event.payload.n)).toEqual([1, 2, 3, 3, 3, 4]);
-    const rows = await rowsOf(t, 'k');
+    const rows = await rowsOf(db, t, 'k');
     expect(rows.map((r) => r.status)).toEqual(['done', 'dead', 'done', 'done']);
     expect(rows[1]!.last_error).toMatch(/skipped/);
     expect((await db.query('SELECT 1 FROM outbox_dispatcher.capacity_outbox_ordering_keys')).rowCount).toBe(0);
   });
 
-  it('rejects an unknown onDeadHead in the routes file, naming the key', async () => {
+  it('rejects an unknown onDeadHead in the routes file, naming the key', async ({ db }) => {
     const r = await runCli(['run'], {
       DATABASE_URL: db.workerUrl,
       OUTBOX_ROUTES: JSON.stringify({ routes: [{ match: '*', sink: { type: 'noop' }, ordering: { onDeadHead: 'drop' } }] }),
