@@ -6,8 +6,9 @@
 //   BENCH_EVENTS         events per drain (default 100000)
 //   BENCH_CLAIM_SIZES    table sizes for claim latency (default 100000,1000000,10000000)
 //   BENCH_BACKLOG        backlog for the memory run (default 1000000)
+//   BENCH_FAIR_BACKLOG   tenant A's backlog in the fairness section (default 100000)
 //   BENCH_QUICK=1        a small smoke run (10k events, 100k rows, 100k backlog)
-//   BENCH_SECTIONS       comma list of sections to run (claim,drain,ordering,producer,memory,latency; default all)
+//   BENCH_SECTIONS       comma list of sections to run (claim,drain,ordering,fairness,producer,memory,latency; default all)
 //   BENCH_DRAINS         regular expression selecting drain runs by label (default all)
 //
 // The dispatcher runs with its defaults everywhere (issue 9: the defaults are what people run);
@@ -23,6 +24,7 @@ import { createLogger } from '../src/kernel/log.ts';
 import { round } from './lib.ts';
 import { claimLatency, type ClaimLatencyResult } from './sections/claim-latency.ts';
 import { bareLoop, bareTwoStatementLoop, dispatcherDrain, graphileDrain, pgBossDrain, type DrainResult } from './sections/drain.ts';
+import { fairnessRun, type FairnessResult } from './sections/fairness.ts';
 import { steadyLatency, type LatencyResult } from './sections/latency.ts';
 import { memoryUnderBacklog } from './sections/memory.ts';
 import { orderingDrain, type OrderingDrainResult } from './sections/ordering.ts';
@@ -33,11 +35,12 @@ const quick = process.env.BENCH_QUICK === '1';
 const EVENTS = Number(process.env.BENCH_EVENTS ?? (quick ? 10_000 : 100_000));
 const SIZES = (process.env.BENCH_CLAIM_SIZES ?? (quick ? '100000' : '1000000,10000000')).split(',').map(Number);
 const BACKLOG = Number(process.env.BENCH_BACKLOG ?? (quick ? 100_000 : 1_000_000));
+const FAIR_BACKLOG = Number(process.env.BENCH_FAIR_BACKLOG ?? (quick ? 10_000 : 100_000));
 /** The dispatcher's settings: none (its defaults). */
 const TUNING: Record<string, string> = {};
 /** Which drain runs to do (a regular expression over their labels; default all). */
 const DRAINS = new RegExp(process.env.BENCH_DRAINS ?? '.');
-const SECTIONS = new Set((process.env.BENCH_SECTIONS ?? 'claim,drain,ordering,producer,memory,latency').split(','));
+const SECTIONS = new Set((process.env.BENCH_SECTIONS ?? 'claim,drain,ordering,fairness,producer,memory,latency').split(','));
 
 const log = (s: string) => process.stderr.write(`${s}\n`);
 
@@ -111,6 +114,20 @@ async function main() {
       memory = await memoryUnderBacklog(url, BACKLOG, TUNING, log);
     }
 
+    // Per-tenant fairness (ADR 0012): B behind A's backlog, defaults, then the oldest-first claim.
+    const fairness: FairnessResult[] = [];
+    if (SECTIONS.has('fairness')) {
+      for (const share of [undefined, 0]) {
+        log(`fairness: tenant B behind tenant A's ${FAIR_BACKLOG.toLocaleString()} events, HTTP sink 10 ms, fair share ${share ?? 'default'}`);
+        try {
+          fairness.push(await fairnessRun(url, FAIR_BACKLOG, share));
+          log(`  ${JSON.stringify(fairness[fairness.length - 1])}`);
+        } catch (err) {
+          log(`  failed: ${(err as Error).message}`);
+        }
+      }
+    }
+
     let latency: LatencyResult | undefined;
     if (SECTIONS.has('latency')) {
       log('end-to-end latency, 200 events/s to the HTTP sink');
@@ -137,6 +154,12 @@ async function main() {
       workerRssUnderBacklog: { valueMb: memory?.maxRssMb, target: '< 150 MB', met: memory !== undefined && memory.maxRssMb < 150 },
       latencyP99At200PerSec: { valueMs: latency?.p99Ms, target: '< 20 ms', met: latency !== undefined && latency.p99Ms < 20 },
       keyedDrainVsUnkeyed: { value: ordering?.ratio, target: '>= 0.60 (10,000 keys)', met: (ordering?.ratio ?? 0) >= 0.6 },
+      tenantBP99BehindBacklog: {
+        valueMs: fairness[0]?.bP99Ms,
+        aDrainVsOldestFirst: fairness[1] ? round(fairness[0]!.aDrainPerSec / fairness[1].aDrainPerSec, 2) : null,
+        target: '< 200 ms behind a 100,000-event backlog (HTTP 10 ms, defaults), A draining at close to full speed',
+        met: fairness[0] !== undefined && fairness[0].bP99Ms < 200,
+      },
     };
 
     const lines: string[] = ['', `outbox-dispatcher benchmark (${new Date().toISOString()}, ${Math.round((Date.now() - started) / 1000)} s)`, ''];
@@ -154,12 +177,17 @@ async function main() {
     lines.push('', 'Producer inserts (producer contract, app_producer, tenant context):', '| run | events/s | duplicates dropped |', '|---|---|---|');
     for (const p of producers) lines.push(`| ${p.name} | ${p.eventsPerSec.toLocaleString()} | ${p.duplicatesDropped} |`);
     if (memory) lines.push('', `Memory: idle RSS ${memory.idleRssMb} MB; while a ${BACKLOG.toLocaleString()} backlog drains (${memory.eventsPerSec.toLocaleString()}/s): max ${memory.maxRssMb} MB, by decile ${memory.rssByDecileMb.join(' ')} MB`);
+    if (fairness.length > 0) {
+      lines.push('', 'Per-tenant fairness (tenant B: 100 events at 20/s committed behind tenant A\'s backlog; commit to HTTP receipt):');
+      lines.push('| run | B p50 ms | B p99 ms | B max ms | A drained per s |', '|---|---|---|---|---|');
+      for (const f of fairness) lines.push(`| ${f.name} | ${f.bP50Ms} | ${f.bP99Ms} | ${f.bMaxMs} | ${f.aDrainPerSec.toLocaleString()} |`);
+    }
     if (latency) lines.push('', `End-to-end latency (commit to HTTP receipt) at ${latency.ratePerSec}/s, ${latency.events} events: p50 ${latency.p50Ms} ms, p99 ${latency.p99Ms} ms, max ${latency.maxMs} ms`);
     lines.push('', 'Targets:');
     for (const [k, v] of Object.entries(targets)) lines.push(`- ${k}: ${JSON.stringify(v)}`);
     process.stdout.write(`${lines.join('\n')}\n`);
 
-    const result = { machine, settings: { events: EVENTS, claimSizes: SIZES, backlog: BACKLOG, tuning: TUNING }, claims, drains, ordering, producers, memory, latency, targets };
+    const result = { machine, settings: { events: EVENTS, claimSizes: SIZES, backlog: BACKLOG, tuning: TUNING }, claims, drains, ordering, fairness, producers, memory, latency, targets };
     const dir = fileURLToPath(new URL('results/', import.meta.url));
     fs.mkdirSync(dir, { recursive: true });
     fs.writeFileSync(path.join(dir, 'latest.json'), `${JSON.stringify(result, null, 2)}\n`);

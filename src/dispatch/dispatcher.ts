@@ -1,5 +1,4 @@
 import type { Kysely } from 'kysely';
-import pLimit, { type LimitFunction } from 'p-limit';
 import type { DispatchSettings } from '../config/env.ts';
 import { findRoute, type Route } from '../config/routes.ts';
 import { claimBatch, type ClaimedRow } from '../db/queries/outbox.ts';
@@ -18,6 +17,7 @@ import { checkEvent } from './check-event.ts';
 import { sendResultOf, type SinkCircuits } from './circuit-breaker.ts';
 import { sendFitsInLease } from '../config/lease.ts';
 import { outcomeForFailure } from './retry-policy.ts';
+import { TenantQueue } from './tenant-queue.ts';
 import { Wakeup } from './wakeup.ts';
 import type { SinkPauseWatcher } from './sink-pauses.ts';
 import { parkEvent } from '../db/queries/sink-pauses.ts';
@@ -50,7 +50,7 @@ export class Dispatcher implements Service {
   readonly name = 'dispatcher';
   readonly #d: DispatcherDeps;
   readonly #log: Logger;
-  readonly #limit: LimitFunction;
+  readonly #limit: TenantQueue;
   readonly #wakeup = new Wakeup();
   readonly #stopLoop = new AbortController();
   /** Aborts sends still running when the shutdown grace period ends. */
@@ -72,7 +72,7 @@ export class Dispatcher implements Service {
   constructor(deps: DispatcherDeps) {
     this.#d = deps;
     this.#log = deps.log.child({ component: 'dispatcher' });
-    this.#limit = pLimit(deps.settings.concurrency);
+    this.#limit = new TenantQueue(deps.settings.concurrency);
     // Claimed-but-unfinished events are bounded: memory stays flat however deep the backlog.
     // The window holds the sends in flight, the batch queued behind them and room for the
     // next full claim.
@@ -168,7 +168,7 @@ export class Dispatcher implements Service {
   #schedule(row: ClaimedRow, leaseDeadline: number): void {
     this.#held++;
     this.#d.metrics.inflight.inc();
-    const task = this.#limit(() => this.#handle(row, leaseDeadline))
+    const task = this.#limit.run(row.restaurant_id, () => this.#handle(row, leaseDeadline))
       .catch((err: unknown) => this.#log.error({ err, eventId: row.id }, 'unexpected error handling event'))
       .finally(() => {
         this.#held--;

@@ -1,0 +1,103 @@
+// Per-tenant fairness (issue 11, ADR 0012): tenant B's events committed behind tenant A's
+// backlog, one worker with default settings, an HTTP sink answering every request after 10 ms.
+// Target: B's commit-to-receipt p99 under 200 ms while A's backlog still drains at close to full
+// speed. The same run with OUTBOX_FAIR_SHARE_PERCENT=0 (oldest first only) shows what B waited before.
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import pg from 'pg';
+import { createBenchDb, quantile, round, startWorker } from '../lib.ts';
+import { asProducer, insertEvents } from '../../src/db/queries/producer.ts';
+
+export interface FairnessResult {
+  name: string;
+  backlog: number;
+  bEvents: number;
+  bP50Ms: number;
+  bP99Ms: number;
+  bMaxMs: number;
+  /** Tenant A's events delivered per second from worker start to A's last delivery. */
+  aDrainPerSec: number;
+}
+
+const TENANT_A = '00000000-0000-4000-8000-00000000000a';
+const TENANT_B = '00000000-0000-4000-8000-00000000000b';
+
+export async function fairnessRun(rootUrl: string, backlog: number, fairSharePercent: number | undefined): Promise<FairnessResult> {
+  const db = await createBenchDb(rootUrl, `fair${fairSharePercent ?? 'd'}`);
+  const receivedB = new Map<string, number>();
+  let receivedA = 0;
+  let lastA = 0;
+  const server = http.createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (d: Buffer) => chunks.push(d));
+    req.on('end', () => {
+      const at = performance.now();
+      try {
+        const body = JSON.parse(Buffer.concat(chunks).toString()) as { restaurantId: string; payload?: { seq?: string } };
+        if (body.restaurantId === TENANT_B && body.payload?.seq) receivedB.set(body.payload.seq, at);
+        else if (body.restaurantId === TENANT_A) {
+          receivedA++;
+          lastA = at;
+        }
+      } catch {
+        // not ours
+      }
+      setTimeout(() => res.writeHead(204).end(), 10);
+    });
+  });
+  server.keepAliveTimeout = 60_000;
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/hook`;
+  // A's backlog: one import committed before the worker starts, never analyzed, ~200-byte keyed payloads.
+  await db.admin.query(
+    `INSERT INTO capacity_outbox (restaurant_id, event_type, payload, dedupe_key)
+     SELECT $1::uuid, 'bench.import', jsonb_build_object('n', g, 'booking', md5(g::text), 'note', repeat('x', 120)), 'import-' || g
+     FROM generate_series(1, $2::int) g`,
+    [TENANT_A, backlog],
+  );
+  const worker = startWorker({
+    DATABASE_URL: db.workerUrl,
+    OUTBOX_ROUTES: JSON.stringify({ routes: [{ match: '*', sink: { type: 'http', url, timeoutMs: 5000 } }] }),
+    ...(fairSharePercent === undefined ? {} : { OUTBOX_FAIR_SHARE_PERCENT: String(fairSharePercent) }),
+  });
+  const producer = new pg.Client(db.producerUrl);
+  try {
+    const t0 = await worker.ready;
+    await producer.connect();
+    // B: 20 events per second for 5 s, one per transaction, starting once A's drain is under way.
+    await new Promise((r) => setTimeout(r, 1000));
+    const committed = new Map<string, number>();
+    const bEvents = 100;
+    const start = performance.now();
+    for (let i = 0; i < bEvents; i++) {
+      const wait = start + i * 50 - performance.now();
+      if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+      const seq = String(i);
+      await asProducer(producer, TENANT_B, () =>
+        insertEvents(producer, TENANT_B, [{ type: 'bench.booking', payload: { seq, note: 'x'.repeat(150) }, dedupeKey: `b-${i}` }]),
+      );
+      committed.set(seq, performance.now());
+    }
+    const deadline = Date.now() + 600_000;
+    while ((receivedB.size < bEvents || receivedA < backlog) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    const lat = [...committed].map(([seq, at]) => (receivedB.get(seq) ?? Number.POSITIVE_INFINITY) - at).sort((a, b) => a - b);
+    const name = `tenant B behind A's ${backlog.toLocaleString('en-US')} (HTTP 10 ms, ${fairSharePercent === undefined ? 'defaults' : `OUTBOX_FAIR_SHARE_PERCENT=${fairSharePercent}`})`;
+    return {
+      name,
+      backlog,
+      bEvents,
+      bP50Ms: round(quantile(lat, 0.5), 1),
+      bP99Ms: round(quantile(lat, 0.99), 1),
+      bMaxMs: round(lat[lat.length - 1]!, 1),
+      aDrainPerSec: Math.round(receivedA / ((lastA - t0) / 1000)),
+    };
+  } finally {
+    await producer.end().catch(() => undefined);
+    await worker.stop();
+    await new Promise<void>((r) => {
+      server.closeAllConnections();
+      server.close(() => r());
+    });
+    await db.drop();
+  }
+}
