@@ -1,35 +1,36 @@
 import pg from 'pg';
 import { sql } from 'kysely';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect } from 'vitest';
 import { TenantScope } from '../src/tenancy/scope.ts';
-import { createTestDatabase, produce, tenantId, type TestDatabase } from './support/db.ts';
+import { produce, tenantId, waitFor, type TestDatabase } from './support/db.ts';
 import { recordingSink, startDaemon } from './support/daemon.ts';
-import { waitFor } from './support/db.ts';
+import { test } from './support/fixtures.ts';
 
-let db: TestDatabase;
 const [A, B] = [tenantId(), tenantId()];
 
-beforeAll(async () => {
-  db = await createTestDatabase();
-  // A platform table protected the way the plan prescribes.
-  await db.query(`
-    CREATE TABLE tenant_notes (id serial PRIMARY KEY, restaurant_id uuid NOT NULL, note text NOT NULL);
-    ALTER TABLE tenant_notes ENABLE ROW LEVEL SECURITY;
-    ALTER TABLE tenant_notes FORCE ROW LEVEL SECURITY;
-    CREATE POLICY tenant_isolation ON tenant_notes FOR ALL TO app_background, app_producer
-      USING (restaurant_id = public.require_restaurant_context())
-      WITH CHECK (restaurant_id = public.require_restaurant_context());
-    GRANT SELECT, INSERT, UPDATE, DELETE ON tenant_notes TO app_background, app_producer;
-    GRANT USAGE ON SEQUENCE tenant_notes_id_seq TO app_background, app_producer;
-  `);
-  await db.query(`INSERT INTO tenant_notes (restaurant_id, note) VALUES ($1, 'a1'), ($1, 'a2'), ($2, 'b1')`, [A, B]);
-});
-afterAll(async () => {
-  await db.drop();
+// The file's database, with a platform table protected the way the plan prescribes.
+const it = test.extend<{ notesDb: TestDatabase }>({
+  notesDb: [
+    async ({ fileDb }, use) => {
+      await fileDb.query(`
+        CREATE TABLE tenant_notes (id serial PRIMARY KEY, restaurant_id uuid NOT NULL, note text NOT NULL);
+        ALTER TABLE tenant_notes ENABLE ROW LEVEL SECURITY;
+        ALTER TABLE tenant_notes FORCE ROW LEVEL SECURITY;
+        CREATE POLICY tenant_isolation ON tenant_notes FOR ALL TO app_background, app_producer
+          USING (restaurant_id = public.require_restaurant_context())
+          WITH CHECK (restaurant_id = public.require_restaurant_context());
+        GRANT SELECT, INSERT, UPDATE, DELETE ON tenant_notes TO app_background, app_producer;
+        GRANT USAGE ON SEQUENCE tenant_notes_id_seq TO app_background, app_producer;
+      `);
+      await fileDb.query(`INSERT INTO tenant_notes (restaurant_id, note) VALUES ($1, 'a1'), ($1, 'a2'), ($2, 'b1')`, [A, B]);
+      await use(fileDb);
+    },
+    { scope: 'file' },
+  ],
 });
 
 describe('tenant scope for work done on an event’s behalf', () => {
-  it('reads and writes only the scoped tenant’s rows', async () => {
+  it('reads and writes only the scoped tenant’s rows', async ({ notesDb: db }) => {
     const scope = new TenantScope(db.workerDb());
     const notes = await scope.run(A, (trx) => sql<{ note: string }>`SELECT note FROM tenant_notes ORDER BY note`.execute(trx));
     expect(notes.rows.map((r) => r.note)).toEqual(['a1', 'a2']);
@@ -42,7 +43,7 @@ describe('tenant scope for work done on an event’s behalf', () => {
     expect(all.rows.map((r) => r.note)).toEqual(['a1', 'a2', 'b1']);
   });
 
-  it('narrows even the dispatcher’s own view of capacity_outbox to the tenant', async () => {
+  it('narrows even the dispatcher’s own view of capacity_outbox to the tenant', async ({ notesDb: db }) => {
     await produce(db.producerUrl, A, [{ type: 'x' }]);
     await produce(db.producerUrl, B, [{ type: 'x' }]);
     const scope = new TenantScope(db.workerDb());
@@ -50,14 +51,14 @@ describe('tenant scope for work done on an event’s behalf', () => {
     expect(seen.rows.map((r) => r.restaurant_id)).toEqual([A]);
   });
 
-  it('is transaction-local: the next transaction on the pooled connection has no tenant', async () => {
+  it('is transaction-local: the next transaction on the pooled connection has no tenant', async ({ notesDb: db }) => {
     const worker = db.workerDb();
     await new TenantScope(worker).run(A, async () => undefined);
     const r = await sql<{ t: string | null }>`SELECT public.current_restaurant_id() AS t`.execute(worker);
     expect(r.rows[0]!.t).toBeNull();
   });
 
-  it('carries the tenant to sinks and runs their database work in that tenant', async () => {
+  it('carries the tenant to sinks and runs their database work in that tenant', async ({ notesDb: db }) => {
     await db.query("UPDATE capacity_outbox SET status = 'done'");
     const seen: { tenant: string; notes: string[] }[] = [];
     const sink = recordingSink('test', async () => undefined);
@@ -82,7 +83,7 @@ describe('tenant scope for work done on an event’s behalf', () => {
 });
 
 describe('tenancy helpers', () => {
-  async function asWorker<T>(fn: (c: pg.Client) => Promise<T>): Promise<T> {
+  async function asWorker<T>(db: TestDatabase, fn: (c: pg.Client) => Promise<T>): Promise<T> {
     const c = new pg.Client({ connectionString: db.workerUrl, options: '-c role=app_background' });
     await c.connect();
     try {
@@ -92,18 +93,18 @@ describe('tenancy helpers', () => {
     }
   }
 
-  it('require_restaurant_context() raises without a tenant (42501)', async () => {
-    await asWorker(async (c) => {
+  it('require_restaurant_context() raises without a tenant (42501)', async ({ notesDb: db }) => {
+    await asWorker(db, async (c) => {
       const err = await c.query('SELECT * FROM tenant_notes').catch((e: unknown) => e);
       expect((err as pg.DatabaseError).code).toBe('42501');
       expect((err as Error).message).toMatch(/tenant context missing/);
     });
   });
 
-  it('exempts whitelisted roles: they get NULL (no rows) instead of an error', async () => {
+  it('exempts whitelisted roles: they get NULL (no rows) instead of an error', async ({ notesDb: db }) => {
     await db.query("INSERT INTO public.tenant_context_exempt_roles (role_name, reason) VALUES ('app_background', 'test')");
     try {
-      await asWorker(async (c) => {
+      await asWorker(db, async (c) => {
         expect((await c.query('SELECT public.require_restaurant_context() AS t')).rows[0].t).toBeNull();
         expect((await c.query('SELECT * FROM tenant_notes')).rowCount).toBe(0);
       });
@@ -112,14 +113,14 @@ describe('tenancy helpers', () => {
     }
   });
 
-  it('set_restaurant_context() rejects NULL and malformed tenants', async () => {
-    await asWorker(async (c) => {
+  it('set_restaurant_context() rejects NULL and malformed tenants', async ({ notesDb: db }) => {
+    await asWorker(db, async (c) => {
       await expect(c.query('SELECT public.set_restaurant_context(NULL)')).rejects.toThrow(/must not be null/);
       await expect(c.query("SELECT public.set_restaurant_context('not-a-uuid')")).rejects.toThrow(/invalid input syntax for type uuid/);
     });
   });
 
-  it('producers cannot write another tenant’s outbox rows or read them', async () => {
+  it('producers cannot write another tenant’s outbox rows or read them', async ({ notesDb: db }) => {
     const c = new pg.Client(db.producerUrl);
     await c.connect();
     try {
@@ -141,8 +142,8 @@ describe('tenancy helpers', () => {
     }
   });
 
-  it('the login role cannot be used to escape app_background’s grants', async () => {
-    await asWorker(async (c) => {
+  it('the login role cannot be used to escape app_background’s grants', async ({ notesDb: db }) => {
+    await asWorker(db, async (c) => {
       await expect(c.query("INSERT INTO capacity_outbox (restaurant_id, event_type) VALUES ($1, 'x')", [A])).rejects.toThrow(/permission denied/);
       await expect(c.query("UPDATE capacity_outbox SET payload = '{}'")).rejects.toThrow(/permission denied/);
       await expect(c.query('DELETE FROM capacity_outbox')).rejects.toThrow(/permission denied/);
