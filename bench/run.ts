@@ -6,6 +6,7 @@
 //   BENCH_EVENTS         events per drain (default 100000)
 //   BENCH_CLAIM_SIZES    table sizes for claim latency (default 100000,1000000,10000000)
 //   BENCH_BACKLOG        backlog for the memory run (default 1000000)
+//   BENCH_CLAIM_FAIR_PERCENT the claim section's fair share (default 25, the daemon's default; 0 = head lane only)
 //   BENCH_FAIR_BACKLOG   tenant A's backlog in the fairness section (default 100000)
 //   BENCH_QUICK=1        a small smoke run (10k events, 100k rows, 100k backlog)
 //   BENCH_SECTIONS       comma list of sections to run (claim,drain,ordering,fairness,producer,memory,latency; default all)

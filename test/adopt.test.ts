@@ -108,7 +108,7 @@ describe('partitions adopt', () => {
     expect(await produce(asRole(target.url, 'producer'), tenant, [{ type: 'x', dedupeKey: 'k' }, { type: 'x', dedupeKey: 'k' }])).toHaveLength(1);
     expect((await claimBatch(worker, { workerId: 'w2', limit: 10, leaseMs: 1000, maxPayloadBytes: 1_048_576 })).length).toBeGreaterThan(0);
     const { rows: idx } = await admin.query(`SELECT indexrelid::regclass::text AS name FROM pg_index WHERE indrelid = 'public.capacity_outbox'::regclass ORDER BY 1`);
-    expect(idx.map((r) => r.name)).toEqual(['capacity_outbox_dispatch_idx', 'capacity_outbox_ordering_idx', 'capacity_outbox_pkey']);
+    expect(idx.map((r) => r.name)).toEqual(['capacity_outbox_dispatch_idx', 'capacity_outbox_ordering_idx', 'capacity_outbox_pkey', 'capacity_outbox_tenant_due_idx']);
     // Rotation now manages it.
     const report = await new PartitionRotator(worker, log).runOnce();
     expect(report.tables[0]!.errors).toEqual([]);
@@ -199,7 +199,7 @@ describe('partitions adopt is resumable (repro 08), as a non-superuser owner wit
     ]);
     expect((await db.query(`SELECT count(*)::int AS n FROM pg_proc WHERE proname LIKE 'adopt_sync_%'`)).rows[0].n).toBe(0);
     const idx = await db.query(`SELECT indexrelid::regclass::text AS name FROM pg_index WHERE indrelid = 'public.capacity_outbox'::regclass ORDER BY 1`);
-    expect(idx.rows.map((r) => r.name)).toEqual(['capacity_outbox_dispatch_idx', 'capacity_outbox_ordering_idx', 'capacity_outbox_pkey']);
+    expect(idx.rows.map((r) => r.name)).toEqual(['capacity_outbox_dispatch_idx', 'capacity_outbox_ordering_idx', 'capacity_outbox_pkey', 'capacity_outbox_tenant_due_idx']);
   }
 
   for (const failAt of ['inspect', 'twin', 'backfill'] as const) {
