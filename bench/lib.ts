@@ -3,6 +3,7 @@ import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import fs from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
+import { asProducer, insertEvents } from '../src/db/queries/producer.ts';
 import { migrate } from '../src/db/migrator.ts';
 
 /** The built daemon (what the image runs; `npm run bench` builds it first). */
@@ -207,3 +208,30 @@ export function quantile(sorted: number[], q: number): number {
 }
 
 export const round = (n: number, d = 1) => Math.round(n * 10 ** d) / 10 ** d;
+
+/**
+ * Commits `count` events for `tenant`, one per transaction, one every `intervalMs` (paced against
+ * the schedule, not the previous insert, so a slow insert is not hidden). Each payload carries
+ * its sequence number as `seq`; returns when each was committed (performance.now()).
+ */
+export async function pacedCommits(
+  producer: pg.Client,
+  tenant: string,
+  count: number,
+  intervalMs: number,
+  type: string,
+  keyPrefix: string,
+): Promise<Map<string, number>> {
+  const committed = new Map<string, number>();
+  const t0 = performance.now();
+  for (let i = 0; i < count; i++) {
+    const wait = t0 + i * intervalMs - performance.now();
+    if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+    const seq = String(i);
+    await asProducer(producer, tenant, () =>
+      insertEvents(producer, tenant, [{ type, payload: { seq, note: 'x'.repeat(150) }, dedupeKey: `${keyPrefix}-${i}` }]),
+    );
+    committed.set(seq, performance.now());
+  }
+  return committed;
+}

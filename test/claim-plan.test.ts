@@ -3,7 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { claimBatch, claimStatement, completeBatch, completionStatement } from '../src/db/queries/outbox.ts';
 import { ClaimCursor } from '../src/dispatch/claim-cursor.ts';
 import { explainNested, planShape, walk, type NestedPlan, type PlanNode } from './support/explain.ts';
-import { createTestDatabase, type TestDatabase } from './support/db.ts';
+import { createTestDatabase, keepNeverAnalyzed, type TestDatabase } from './support/db.ts';
 
 // The claim must read about `batch` index entries whatever the planner's statistics say
 // (docs/adr/0006-backlog-proof-claim.md). Each state below has a large due backlog spread
@@ -16,10 +16,7 @@ let db: TestDatabase;
 beforeAll(async () => {
   db = await createTestDatabase();
   // "Never analyzed" must stay true while the test runs.
-  const { rows } = await db.query<{ part: string }>(
-    "SELECT inhrelid::regclass::text AS part FROM pg_inherits WHERE inhparent = 'public.capacity_outbox'::regclass",
-  );
-  for (const r of rows) await db.query(`ALTER TABLE ${r.part} SET (autovacuum_enabled = off)`);
+  await keepNeverAnalyzed(db);
 });
 afterAll(async () => {
   await db.drop();

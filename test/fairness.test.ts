@@ -2,7 +2,7 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { claimBatch, claimStatement, type ClaimArgs, type ClaimedRow } from '../src/db/queries/outbox.ts';
 import { fairLane } from '../src/dispatch/dispatcher.ts';
 import { explainNested, planShape, walk, type PlanNode } from './support/explain.ts';
-import { createTestDatabase, type TestDatabase } from './support/db.ts';
+import { createTestDatabase, keepNeverAnalyzed, type TestDatabase } from './support/db.ts';
 
 // Per-tenant fairness in the claim (docs/adr/0012-tenant-fairness.md): a share of every claim
 // is taken tenant by tenant, so one tenant's backlog never delays another tenant's events by
@@ -16,10 +16,7 @@ let db: TestDatabase;
 beforeAll(async () => {
   db = await createTestDatabase();
   // Statistics stay as the inserts left them (never analyzed) unless a test analyzes.
-  const { rows } = await db.query<{ part: string }>(
-    "SELECT inhrelid::regclass::text AS part FROM pg_inherits WHERE inhparent = 'public.capacity_outbox'::regclass",
-  );
-  for (const r of rows) await db.query(`ALTER TABLE ${r.part} SET (autovacuum_enabled = off)`);
+  await keepNeverAnalyzed(db);
 });
 afterAll(async () => {
   await db.drop();

@@ -5,8 +5,7 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import pg from 'pg';
-import { createBenchDb, quantile, round, startWorker } from '../lib.ts';
-import { asProducer, insertEvents } from '../../src/db/queries/producer.ts';
+import { createBenchDb, pacedCommits, quantile, round, startWorker } from '../lib.ts';
 
 export interface FairnessResult {
   name: string;
@@ -66,18 +65,8 @@ export async function fairnessRun(rootUrl: string, backlog: number, fairSharePer
     await producer.connect();
     // B: 20 events per second for 5 s, one per transaction, starting once A's drain is under way.
     await new Promise((r) => setTimeout(r, 1000));
-    const committed = new Map<string, number>();
     const bEvents = 100;
-    const start = performance.now();
-    for (let i = 0; i < bEvents; i++) {
-      const wait = start + i * 50 - performance.now();
-      if (wait > 0) await new Promise((r) => setTimeout(r, wait));
-      const seq = String(i);
-      await asProducer(producer, TENANT_B, () =>
-        insertEvents(producer, TENANT_B, [{ type: 'bench.booking', payload: { seq, note: 'x'.repeat(150) }, dedupeKey: `b-${i}` }]),
-      );
-      committed.set(seq, performance.now());
-    }
+    const committed = await pacedCommits(producer, TENANT_B, bEvents, 50, 'bench.booking', 'b');
     const deadline = Date.now() + 600_000;
     while ((receivedB.size < bEvents || receivedA < backlog) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
     const lat = [...committed].map(([seq, at]) => (receivedB.get(seq) ?? Number.POSITIVE_INFINITY) - at).sort((a, b) => a - b);

@@ -3,8 +3,7 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import pg from 'pg';
-import { createBenchDb, quantile, round, startWorker } from '../lib.ts';
-import { asProducer, insertEvents } from '../../src/db/queries/producer.ts';
+import { createBenchDb, pacedCommits, quantile, round, startWorker } from '../lib.ts';
 
 export interface LatencyResult {
   ratePerSec: number;
@@ -43,20 +42,8 @@ export async function steadyLatency(rootUrl: string, ratePerSec: number, seconds
     await worker.ready;
     await producer.connect();
     const tenant = '00000000-0000-4000-8000-000000000001';
-    const committed = new Map<string, number>();
     const total = ratePerSec * seconds;
-    const t0 = performance.now();
-    for (let i = 0; i < total; i++) {
-      // Paced against the schedule, not the previous insert: a slow insert is not hidden.
-      const due = t0 + (i * 1000) / ratePerSec;
-      const wait = due - performance.now();
-      if (wait > 0) await new Promise((r) => setTimeout(r, wait));
-      const seq = String(i);
-      await asProducer(producer, tenant, () =>
-        insertEvents(producer, tenant, [{ type: 'bench.latency', payload: { seq, note: 'x'.repeat(150) }, dedupeKey: `lat-${i}` }]),
-      );
-      committed.set(seq, performance.now());
-    }
+    const committed = await pacedCommits(producer, tenant, total, 1000 / ratePerSec, 'bench.latency', 'lat');
     const deadline = Date.now() + 30_000;
     while (received.size < total && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
     const lat = [...committed].map(([seq, at]) => (received.get(seq) ?? Number.POSITIVE_INFINITY) - at).sort((a, b) => a - b);

@@ -149,3 +149,11 @@ export function asRole(url: string, role: 'worker' | 'producer'): string {
   const u = new URL(url);
   return withUser(url, u.pathname.slice(1), role === 'worker' ? TEST_ROLES.worker : TEST_ROLES.producer);
 }
+
+/** Turns autovacuum off on every partition, so "never analyzed" stays true while a test runs. */
+export async function keepNeverAnalyzed(db: TestDatabase): Promise<void> {
+  const { rows } = await db.query<{ part: string }>(
+    "SELECT inhrelid::regclass::text AS part FROM pg_inherits WHERE inhparent = 'public.capacity_outbox'::regclass",
+  );
+  for (const r of rows) await db.query(`ALTER TABLE ${r.part} SET (autovacuum_enabled = off)`);
+}
