@@ -303,6 +303,27 @@ describe('dedupe semantics of ADR 0001 (revision 2026-11-30)', () => {
     }
   });
 
+  it('names the pending event holding a key to its own tenant only (capacity_outbox_key_holder, migration 0015)', async ({ fileDb: db }) => {
+    const [a, b] = [tenantId(), tenantId()];
+    const [held] = await produce(db.producerUrl, a, [{ type: 'holder', dedupeKey: 'k' }]);
+    const holderAs = async (ctx: string | null, tenant: string, dedupeKey: string | null = 'k') => {
+      const c = new pg.Client(db.producerUrl);
+      await c.connect();
+      try {
+        await c.query('BEGIN'); // the context is transaction-local
+        if (ctx) await c.query('SELECT public.set_restaurant_context($1)', [ctx]);
+        return (await c.query("SELECT outbox_dispatcher.capacity_outbox_key_holder($1, 'holder', $2, NULL) AS id", [tenant, dedupeKey])).rows[0].id;
+      } finally {
+        await c.end();
+      }
+    };
+    expect(await holderAs(a, a)).toBe(held);
+    expect(await holderAs(a, a, 'other')).toBeNull();
+    // Another tenant's key reads as not held; without a context the producer is refused.
+    expect(await holderAs(b, a)).toBeNull();
+    await expect(holderAs(null, a)).rejects.toMatchObject({ code: '42501' });
+  });
+
   it('gives events time-ordered ids (UUID version 7): events inserted later sort after earlier ones', async ({ fileDb: db }) => {
     const t = tenantId();
     const [first] = await produce(db.producerUrl, t, [{ type: 'v7' }]);

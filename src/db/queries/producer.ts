@@ -63,19 +63,17 @@ export async function insertEvents(client: pg.ClientBase, tenant: string, events
 }
 
 /**
- * The pending event holding a dedupe key, as the insert trigger keys it (tenant, type and
- * the two keys with NULL as ''; capacity_outbox_take_key, migration 0006). Null when it
- * finished meanwhile or is another tenant's.
+ * The pending event holding a dedupe key, from the key table the insert trigger writes
+ * (outbox_dispatcher.capacity_outbox_key_holder, migration 0015: the trigger's own definition of
+ * a key, read by its primary key). Null when it finished meanwhile or is another tenant's. Runs
+ * in the producer's tenant context.
  */
 export async function pendingHolderOf(
   client: pg.ClientBase,
   key: { tenant: string; type: string; dedupeKey?: string | null | undefined; idempotencyKey?: string | null | undefined },
 ): Promise<string | null> {
-  const r = await client.query<{ id: string }>(
-    `SELECT id FROM capacity_outbox
-     WHERE restaurant_id = $1 AND event_type = $2 AND coalesce(dedupe_key, '') = coalesce($3, '')
-       AND coalesce(idempotency_key, '') = coalesce($4, '') AND status = 'pending'
-     LIMIT 1`,
+  const r = await client.query<{ id: string | null }>(
+    'SELECT outbox_dispatcher.capacity_outbox_key_holder($1, $2, $3, $4) AS id',
     [key.tenant, key.type, key.dedupeKey ?? null, key.idempotencyKey ?? null],
   );
   return r.rows[0]?.id ?? null;
