@@ -187,7 +187,7 @@ describe('audit trail of event repairs', () => {
 });
 
 describe('partition gauges are never stale', () => {
-  it('outbox_partition_default_rows follows the default partition on its own schedule, and a CLI rotation shows within it', async () => {
+  it('outbox_partition_default_rows and the last-success gauge follow the database on their own schedule: a CLI rotation shows within it', async () => {
     // Rotation off in this replica: only the sampler can move the gauge.
     const daemon = await startDaemon(db, { routes: ROUTES, env: { PARTITION_ROTATION: 'false', PARTITION_SAMPLE_MS: '200' } });
     try {
@@ -203,8 +203,17 @@ describe('partition gauges are never stale', () => {
         [T],
       );
       await waitFor(async () => (await gauge()) === 2, { what: 'the gauge to read the 2 rows', timeoutMs: 10_000 });
+      // This replica never rotated: no last-success series yet, so OutboxPartitionRotationStale
+      // would stay silent (no series) or, with an old one, fire while a cron job rotates fine.
+      const lastSuccess = async () => {
+        const text = await daemon.metrics.registry.getSingleMetricAsString('outbox_partition_rotation_last_success_timestamp_seconds');
+        return Number(/outbox_partition_rotation_last_success_timestamp_seconds\{table="public.capacity_outbox"\} (\d+(\.\d+)?)/.exec(text)?.[1] ?? 0);
+      };
+      expect(await lastSuccess()).toBe(0);
+      const before = Date.now() / 1000;
       await cli(['partitions', 'rotate']);
       await waitFor(async () => (await gauge()) === 0, { what: 'the gauge to see the CLI rotation', timeoutMs: 10_000 });
+      await waitFor(async () => (await lastSuccess()) >= before - 1, { what: 'the last-success gauge to see the CLI rotation', timeoutMs: 10_000 });
       const audit = JSON.parse((await cli(['audit', '--action', 'partitions.rotate', '--limit', '1', '--json'])).stdout);
       expect(audit.entries[0]).toMatchObject({ action: 'partitions.rotate', command: 'partitions rotate' });
       expect(audit.entries[0].rows).toBeGreaterThan(0);

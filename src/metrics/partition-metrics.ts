@@ -7,6 +7,8 @@ export class PartitionMetrics {
   readonly lastSuccess: Gauge<'table'>;
   readonly defaultRows: Gauge<'table'>;
   readonly retirementBlocked: Gauge<'table'>;
+  /** Newest successful rotation per table, whoever ran it (this daemon or the CLI). */
+  readonly #lastSuccessAt = new Map<string, number>();
   /** End of the last premade partition per table; runway is computed at scrape time. */
   readonly #lastPartitionEnd = new Map<string, number>();
 
@@ -54,6 +56,13 @@ export class PartitionMetrics {
       labelNames: ['table'],
       registers,
     });
+  }
+
+  /** Records a successful rotation of `table` at `seconds` (Unix); the gauge never moves back. */
+  recordRotationSuccess(table: string, seconds: number): void {
+    if (seconds <= (this.#lastSuccessAt.get(table) ?? 0)) return;
+    this.#lastSuccessAt.set(table, seconds);
+    this.lastSuccess.set({ table }, seconds);
   }
 
   setLastPartitionEnd(table: string, end: Date | null): void {

@@ -54,7 +54,7 @@ export class PartitionMaintenance extends PeriodicService<RotationReport> {
     let deferred = false;
     for (const t of report.tables) {
       if (t.errors.length > 0) this.#metrics.rotationFailures.inc({ table: t.table }, t.errors.length);
-      else if (t.deferred.length === 0) this.#metrics.lastSuccess.set({ table: t.table }, report.at.getTime() / 1000);
+      else if (t.deferred.length === 0) this.#metrics.recordRotationSuccess(t.table, report.at.getTime() / 1000);
       deferred ||= t.deferred.length > 0;
       this.#metrics.retirementBlocked.set({ table: t.table }, t.blocked.length);
       this.#metrics.defaultRows.set({ table: t.table }, t.defaultRows.reduce((a, d) => a + d.rows, 0));

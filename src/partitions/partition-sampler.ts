@@ -2,6 +2,7 @@ import type { Kysely } from 'kysely';
 import type { Database } from '../db/schema.ts';
 import { everyMs, PeriodicService } from '../kernel/periodic-service.ts';
 import type { Logger } from '../kernel/log.ts';
+import { lastCliRotations } from '../db/queries/audit.ts';
 import { partitionStatus } from './status.ts';
 import type { PartitionMetrics } from '../metrics/partition-metrics.ts';
 
@@ -32,11 +33,21 @@ export class PartitionSampler extends PeriodicService<void> {
   }
 }
 
-/** Sets runway, default-partition rows and blocked retirements of every registered table from the database. */
+/**
+ * Sets runway, default-partition rows and blocked retirements of every registered table from the
+ * database, and the last successful rotation where `partitions rotate` (audited) ran one later
+ * than this daemon did.
+ */
 export async function observePartitions(db: Kysely<Database>, metrics: PartitionMetrics, now: Date): Promise<void> {
-  for (const s of await partitionStatus(db, now)) {
+  const statuses = await partitionStatus(db, now);
+  for (const s of statuses) {
     metrics.setLastPartitionEnd(s.table, s.lastPartitionEnd);
     metrics.defaultRows.set({ table: s.table }, s.defaultRows);
     metrics.retirementBlocked.set({ table: s.table }, s.partitions.filter((p) => p.retention === 'blocked').length);
+  }
+  for (const r of await lastCliRotations(db)) {
+    for (const s of statuses) {
+      if (r.table === null || r.table === s.table || s.table.endsWith(`.${r.table}`)) metrics.recordRotationSuccess(s.table, r.at.getTime() / 1000);
+    }
   }
 }

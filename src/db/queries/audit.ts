@@ -75,3 +75,19 @@ export async function auditBeginClient(client: pg.ClientBase, action: string, ac
 export async function auditAddClient(client: pg.ClientBase, id: string, rows: number, result?: string): Promise<void> {
   await client.query('SELECT outbox_dispatcher.operator_audit_add($1::bigint, $2::bigint, $3::text)', [id, rows, result ?? null]);
 }
+
+/**
+ * When `partitions rotate` last finished with no failed or deferred step, per table it was run
+ * for (null: every registered table), over the last 90 days, through the index on `at`. The
+ * partition sampler folds these into the rotation gauge, so a rotation run from the CLI (or a
+ * cron job with PARTITION_ROTATION=false on the daemons) keeps OutboxPartitionRotationStale quiet.
+ */
+export async function lastCliRotations(db: Kysely<Database>): Promise<{ table: string | null; at: Date }[]> {
+  const { rows } = await sql<{ table: string | null; at: Date }>`
+    SELECT filter->>'table' AS table, max(finished_at) AS at
+    FROM outbox_dispatcher.operator_audit
+    WHERE at >= now() - interval '90 days'
+      AND action = 'partitions.rotate' AND finished_at IS NOT NULL AND starts_with(result, 'ok;')
+    GROUP BY 1`.execute(db);
+  return rows;
+}
