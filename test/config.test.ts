@@ -30,6 +30,7 @@ describe('environment', () => {
     expect(c.dispatch.retryHorizonMs).toBe(86_400_000);
     expect(c.circuit).toEqual({ failureThreshold: 5, failureRatio: 0.9, windowMs: 10_000, openMs: 30_000, halfOpenProbes: 1 });
     expect(c.logLevel).toBe('info');
+    expect(c.statusReportMs).toBe(5000);
     expect(c.db).toEqual({ statementTimeoutMs: 15_000, idleInTransactionTimeoutMs: 60_000, connectTimeoutMs: 10_000, keepAliveInitialDelayMs: 10_000, startupWaitMs: 60_000 });
   });
 
@@ -52,6 +53,7 @@ describe('environment', () => {
     ['OUTBOX_CIRCUIT_FAILURE_PERCENT', '0', /OUTBOX_CIRCUIT_FAILURE_PERCENT: must be between 1 and 100/],
     ['OUTBOX_CIRCUIT_WINDOW_MS', '50', /OUTBOX_CIRCUIT_WINDOW_MS: must be between 100 and 3600000/],
     ['OUTBOX_CIRCUIT_HALF_OPEN_PROBES', '0', /OUTBOX_CIRCUIT_HALF_OPEN_PROBES: must be between 1 and 1000/],
+    ['OUTBOX_STATUS_REPORT_MS', '50', /OUTBOX_STATUS_REPORT_MS: must be between 100 and 600000/],
     ['OUTBOX_WORKER_ID', 'worker\u0007one', /OUTBOX_WORKER_ID: must not contain control characters/],
   ])('rejects %s=%s naming the key', (key, value, message) => {
     const err = configError(() => loadEnvConfig({ [key]: value }));

@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Daemon } from '../src/lifecycle/daemon.ts';
 import type { RoutesFileInput } from '../src/config/routes.ts';
+import { RetryableDispatchError } from '../src/domain/dispatch-errors.ts';
 import { runCli } from './support/cli.ts';
 import { recordingSink, startDaemon } from './support/daemon.ts';
 import { createTestDatabase, produce, tenantId, waitFor, type TestDatabase } from './support/db.ts';
@@ -220,5 +221,64 @@ describe('partition gauges are never stale', () => {
     } finally {
       await daemon.stop();
     }
+  }, 120_000);
+});
+
+describe('sinks status shows each replica\'s circuit and sends in flight', () => {
+  it('a circuit that opens in one replica and a send in flight show through the CLI; a stopped replica drops out', async () => {
+    let release!: () => void;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    const failing = recordingSink('bookings', () => {
+      throw new RetryableDispatchError('503 from the bookings receiver');
+    });
+    const slow = recordingSink('other', () => gate);
+    // The circuit stays open for the whole test once two sends have failed.
+    const circuitEnv = { OUTBOX_CIRCUIT_FAILURE_THRESHOLD: '2', OUTBOX_CIRCUIT_OPEN_MS: '600000', OUTBOX_STATUS_REPORT_MS: '200' };
+    const a = await startDaemon(db, { routes: ROUTES, sinks: { bookings: failing, other: slow }, env: { ...circuitEnv, OUTBOX_WORKER_ID: 'replica-a' } });
+    let b: Daemon | undefined;
+    try {
+      await produce(db.producerUrl, T, [1, 2, 3].map((n) => ({ type: 'booking.circuit', payload: { n } })));
+      const [held] = await produce(db.producerUrl, T, [{ type: 'table.circuit' }]);
+      await waitFor(() => a.circuits.state('bookings') === 'open', { what: 'replica-a\'s bookings circuit to open' });
+      await waitFor(() => a.dispatcher.sendingTo('other') === 1, { what: 'the held send to start' });
+      // A second replica that has sent nothing to bookings: its circuit is closed.
+      b = await startDaemon(db, { routes: ROUTES, sinks: { bookings: recordingSink('bookings'), other: recordingSink('other') }, env: { ...circuitEnv, OUTBOX_WORKER_ID: 'replica-b' } });
+
+      type Status = { sinks: { sink: string; circuit: string; in_flight: number | null; replicas: { worker_id: string; circuit: string; in_flight: number }[] }[]; liveReplicas: number };
+      const status = async (): Promise<Status> => JSON.parse((await cli(['sinks', 'status', '--json'])).stdout);
+      const both = await waitFor(async () => {
+        const s = await status();
+        const other = s.sinks.find((x) => x.sink === 'other');
+        return s.liveReplicas === 2 && other?.in_flight === 1 ? s : undefined;
+      }, { what: 'both replicas\' reports, with the held send', timeoutMs: 10_000 });
+      const bookings = both.sinks.find((x) => x.sink === 'bookings')!;
+      expect(bookings.circuit).toBe('open on replica-a; closed on replica-b');
+      expect(bookings.replicas.map((r) => [r.worker_id, r.circuit])).toEqual([['replica-a', 'open'], ['replica-b', 'closed']]);
+      expect(bookings.in_flight).toBe(0);
+      const other = both.sinks.find((x) => x.sink === 'other')!;
+      expect(other.circuit).toBe('closed (2 replicas)');
+      expect(other.replicas).toEqual([expect.objectContaining({ worker_id: 'replica-a', circuit: 'closed', in_flight: 1 }), expect.objectContaining({ worker_id: 'replica-b', circuit: 'closed', in_flight: 0 })]);
+
+      const text = (await cli(['sinks', 'status'])).stdout;
+      expect(text).toMatch(/^bookings\s.*open on replica-a; closed on replica-b\s+0\s/m);
+      expect(text).toMatch(/^other\s.*closed \(2 replicas\)\s+1\s/m);
+      expect(text).toContain('as reported by 2 live replicas');
+
+      // A replica that stops removes its rows at once.
+      await b.stop();
+      b = undefined;
+      const after = await status();
+      expect(after.liveReplicas).toBe(1);
+      expect(after.sinks.find((x) => x.sink === 'bookings')!.circuit).toBe('open on replica-a');
+
+      release();
+      await waitFor(() => slow.calls.some((c) => c.event.id === held), { what: 'the held send to finish' });
+    } finally {
+      release();
+      await b?.stop();
+      await a.stop();
+    }
+    // Nothing of a stopped replica stays behind.
+    expect((await db.query('SELECT count(*)::int AS n FROM outbox_dispatcher.replica_sink_status')).rows[0].n).toBe(0);
   }, 120_000);
 });

@@ -9,6 +9,7 @@ const DOCUMENTED = {
     'outbox_dispatcher.capacity_outbox_ordering_blocked: SELECT', // `events blocked` and the blocked-keys gauge (ADR 0011)
     'outbox_dispatcher.managed_partitions: SELECT',
     'outbox_dispatcher.operator_audit: SELECT', // `audit`; written only through operator_audit_begin/add (ADR 0014)
+    'outbox_dispatcher.replica_sink_status: SELECT', // `sinks status`: each replica's circuit state and sends in flight (migration 0016)
     'outbox_dispatcher.schema_migrations: SELECT',
     'outbox_dispatcher.sink_parked: SELECT', // `events show`, `sinks status` (ADR 0014)
     'outbox_dispatcher.sink_pauses: SELECT', // each replica polls the pauses (ADR 0014)
@@ -34,6 +35,7 @@ const DOCUMENTED = {
     'outbox_dispatcher.partition_ensure_default',
     'outbox_dispatcher.partition_report',
     'outbox_dispatcher.partition_retire',
+    'outbox_dispatcher.replica_sink_status_report', // each replica writes only its own report through it (migration 0016)
     'outbox_dispatcher.sink_park', // a worker parks a claimed event of a paused sink, only while the pause row exists (ADR 0014)
     'outbox_dispatcher.sink_parked_horizon', // a constant
     'outbox_dispatcher.sink_pause', // `sinks pause`, audited in the same transaction (ADR 0014)

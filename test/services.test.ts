@@ -44,6 +44,7 @@ const NAMES = [
   'sinks',
   'completer',
   'sink-pauses',
+  'replica-status',
   'dispatcher',
   'lease-rescuer',
   'ordering-settler',

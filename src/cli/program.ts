@@ -150,7 +150,7 @@ export function buildProgram(context?: CommandContext): Command {
   const sinks = program.command('sinks').description('pause, resume and look at sinks (state shared by every replica through the database)');
   login(sinks
     .command('status')
-    .description('each configured sink: paused or not, by whom, since, why, events parked')
+    .description('each configured sink: paused or not, by whom, since, why, events parked; circuit state per live replica and sends in flight')
     .option('--json', 'machine-readable output')
     .addOption(databaseUrlOption())
     .action(async (opts) => {

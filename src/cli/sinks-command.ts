@@ -1,5 +1,6 @@
 import { loadEnvConfig } from '../config/env.ts';
 import { compileRoutes, DEFAULT_EMBEDDED_ROUTES, findRoute, loadRoutesFile, type Route } from '../config/routes.ts';
+import { liveReplicaSinkStatus, type ReplicaSinkStatus } from '../db/queries/replica-status.ts';
 import { listPauses, pauseSink, recentFailures, resumeSink, type SinkPause } from '../db/queries/sink-pauses.ts';
 import { EXIT } from '../kernel/exit-codes.ts';
 import { actorFor } from './actor.ts';
@@ -74,6 +75,30 @@ export interface SinkStatus {
   pause: Omit<SinkPause, 'sink'> | null;
   /** Events created in the last hour, routed to it, that failed: retrying, dead, and a recent error; null when routes are unknown here. */
   recent: { retrying: number; dead: number; last_error: string | null } | null;
+  /** Its circuit state across the live replicas, e.g. `closed (2 replicas)`, `open on worker-a`; `unknown` when none reports. */
+  circuit: string;
+  /** Sends to it running now, summed over the live replicas; null when none reports. */
+  in_flight: number | null;
+  /** Each live replica's report (refreshed within three of its report intervals). */
+  replicas: Omit<ReplicaSinkStatus, 'sink'>[];
+}
+
+/** At most this many replicas are named per state in the text summary. */
+const NAMED_REPLICAS = 3;
+
+/** One line for a sink's circuit across replicas: all closed is a count, anything else names who. */
+export function circuitSummary(replicas: readonly Pick<ReplicaSinkStatus, 'worker_id' | 'circuit'>[]): string {
+  if (replicas.length === 0) return 'unknown (no replica reporting)';
+  const byState = new Map<string, string[]>();
+  for (const r of replicas) byState.set(r.circuit, [...(byState.get(r.circuit) ?? []), r.worker_id]);
+  const closed = byState.get('closed');
+  if (byState.size === 1 && closed) return `closed (${closed.length} replica${closed.length === 1 ? '' : 's'})`;
+  const named = (workers: string[]) =>
+    workers.length > NAMED_REPLICAS ? `${workers.slice(0, NAMED_REPLICAS).join(', ')} and ${workers.length - NAMED_REPLICAS} more` : workers.join(', ');
+  return (['open', 'half_open', 'closed'] as const)
+    .filter((state) => byState.has(state))
+    .map((state) => `${state} on ${named(byState.get(state)!)}`)
+    .join('; ');
 }
 
 /** Failures are counted over this window (`sinks status`). */
@@ -82,7 +107,11 @@ const RECENT_SECONDS = 3600;
 export async function sinksStatusCommand(opts: SinkOptions, env: NodeJS.ProcessEnv = process.env): Promise<number> {
   const routes = configuredRoutes(env, opts.databaseUrl);
   const configured = configuredSinks(env, opts.databaseUrl);
-  const [pauses, failures] = await withDatabase(opts, env, async (db) => [await listPauses(db), routes ? await recentFailures(db, RECENT_SECONDS) : []] as const);
+  const [pauses, failures, replicaRows] = await withDatabase(
+    opts,
+    env,
+    async (db) => [await listPauses(db), routes ? await recentFailures(db, RECENT_SECONDS) : [], await liveReplicaSinkStatus(db)] as const,
+  );
   // Each failing type counts for the sink its route sends it to (first match wins, as in the daemon).
   const recent = new Map<string, { retrying: number; dead: number; last_error: string | null }>();
   for (const f of failures) {
@@ -91,11 +120,12 @@ export async function sinksStatusCommand(opts: SinkOptions, env: NodeJS.ProcessE
     const r = recent.get(sink) ?? { retrying: 0, dead: 0, last_error: null };
     recent.set(sink, { retrying: r.retrying + f.retrying, dead: r.dead + f.dead, last_error: r.last_error ?? f.last_error });
   }
-  const names = new Set([...(configured ?? []).map((s) => s.name), ...pauses.map((p) => p.sink)]);
+  const names = new Set([...(configured ?? []).map((s) => s.name), ...pauses.map((p) => p.sink), ...replicaRows.map((r) => r.sink)]);
   const status: SinkStatus[] = [...names].sort().map((name) => {
     const c = configured?.find((s) => s.name === name);
     const p = pauses.find((x) => x.sink === name);
     const { sink: _s, ...pause } = p ?? ({} as SinkPause);
+    const replicas = replicaRows.filter((r) => r.sink === name).map(({ sink: _r, ...r }) => r);
     return {
       sink: name,
       type: c?.type ?? null,
@@ -103,12 +133,16 @@ export async function sinksStatusCommand(opts: SinkOptions, env: NodeJS.ProcessE
       paused: p !== undefined,
       pause: p ? pause : null,
       recent: routes ? (recent.get(name) ?? { retrying: 0, dead: 0, last_error: null }) : null,
+      circuit: circuitSummary(replicas),
+      in_flight: replicas.length > 0 ? replicas.reduce((n, r) => n + r.in_flight, 0) : null,
+      replicas,
     };
   });
+  const replicaCount = new Set(replicaRows.map((r) => r.worker_id)).size;
   const perReplica =
-    "circuit state and in-flight sends are each replica's own: outbox_sink_circuit_state{sink} and outbox_inflight_events on that replica's /metrics";
+    `circuit and in flight: as reported by ${replicaCount} live replica${replicaCount === 1 ? '' : 's'} (each reports every OUTBOX_STATUS_REPORT_MS; one silent for three of its intervals is not counted)`;
   if (opts.json) {
-    printJson({ sinks: status, routesKnown: configured !== undefined, perReplica });
+    printJson({ sinks: status, routesKnown: configured !== undefined, liveReplicas: replicaCount, perReplica });
     return EXIT.OK;
   }
   process.stdout.write(
@@ -117,6 +151,8 @@ export async function sinksStatusCommand(opts: SinkOptions, env: NodeJS.ProcessE
         sink: s.sink,
         type: s.type ?? '?',
         paused: s.paused ? 'PAUSED' : 'no',
+        circuit: s.circuit,
+        'in flight': s.in_flight ?? '?',
         since: s.pause?.paused_at ?? '',
         by: s.pause ? `${s.pause.login_role}${s.pause.os_user ? ` (os user ${s.pause.os_user})` : ''}` : '',
         parked: s.pause ? s.pause.parked : '',

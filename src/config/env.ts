@@ -40,6 +40,7 @@ export const envSchema = z.object({
   OUTBOX_WORKER_ID: stringVar(),
   OUTBOX_BACKLOG_SAMPLE_MS: intVar(15_000, 0, 3_600_000),
   OUTBOX_BACKLOG_COUNT_CAP: intVar(100_000, 1, 100_000_000),
+  OUTBOX_STATUS_REPORT_MS: intVar(5000, 100, 600_000),
   OUTBOX_ALLOW_PRIVILEGED_ROLE: boolVar(false),
   OUTBOX_EMBEDDED_DIR: stringVar(),
   OUTBOX_EMBEDDED_PORT: intVar(54329, 1, 65535),
@@ -111,6 +112,8 @@ export interface EnvConfig {
   };
   /** 0 disables sampling. */
   backlog: { sampleMs: number; countCap: number };
+  /** How often this replica writes its per-sink circuit state and sends in flight (`sinks status`). */
+  statusReportMs: number;
   allowPrivilegedRole: boolean;
   embedded: { dir: string; port: number };
   /** sampleMs: how often the partition gauges are read from the database (0: only when rotating). */
@@ -175,6 +178,7 @@ export function loadEnvConfig(env: NodeJS.ProcessEnv = process.env): EnvConfig {
       keepAliveInitialDelayMs: e.OUTBOX_DB_KEEPALIVE_MS,
     },
     backlog: { sampleMs: e.OUTBOX_BACKLOG_SAMPLE_MS, countCap: e.OUTBOX_BACKLOG_COUNT_CAP },
+    statusReportMs: e.OUTBOX_STATUS_REPORT_MS,
     allowPrivilegedRole: e.OUTBOX_ALLOW_PRIVILEGED_ROLE,
     embedded: { dir: e.OUTBOX_EMBEDDED_DIR ?? '.data/postgres', port: e.OUTBOX_EMBEDDED_PORT },
     partitions: { rotation: e.PARTITION_ROTATION, cron: e.PARTITION_CRON ?? DEFAULT_PARTITION_CRON, lockTimeoutMs: e.PARTITION_LOCK_TIMEOUT_MS, sampleMs: e.PARTITION_SAMPLE_MS },

@@ -177,6 +177,11 @@ export class SinkCircuits {
     this.#onChange = onChange;
   }
 
+  /** The state of `sink`'s breaker; closed before its first send. */
+  state(sink: string): CircuitState {
+    return this.#breakers.get(sink)?.state ?? 'closed';
+  }
+
   /** The breaker of `sink`; `sendTimeoutMs` bounds how long a probe may go unreported. */
   for(sink: string, sendTimeoutMs?: number): CircuitBreaker {
     let b = this.#breakers.get(sink);

@@ -62,6 +62,8 @@ export class Dispatcher implements Service {
   #tenantCursor: string | null = null;
   readonly #fair: { rows: number; perTenant: number; tenants: number };
   #held = 0;
+  /** Sends running now, by sink (`sinks status` through the replica status reporter). */
+  readonly #sending = new Map<string, number>();
   #waitingForSlot = false;
   #state: DispatcherState = 'idle';
   #loop: Promise<void> | undefined;
@@ -85,6 +87,11 @@ export class Dispatcher implements Service {
 
   get state(): DispatcherState {
     return this.#state;
+  }
+
+  /** Sends to `sink` running now (claimed events waiting for a send slot are not counted). */
+  sendingTo(sink: string): number {
+    return this.#sending.get(sink) ?? 0;
   }
 
   /** Events claimed and not yet finished. */
@@ -246,6 +253,7 @@ export class Dispatcher implements Service {
       sinkType: sink.type,
       destination: sink.destination?.(checked.event) ?? sink.name,
     });
+    this.#sending.set(sink.name, this.sendingTo(sink.name) + 1);
     try {
       await sink.send(span ? { ...checked.event, headers: span.headers } : checked.event, {
         signal: this.#abortSends.signal,
@@ -257,6 +265,8 @@ export class Dispatcher implements Service {
       outcome = outcomeForFailure(err, { attempt, ageMs: Date.now() - row.created_at.getTime() }, settings);
       if (outcome.kind === 'release') metrics.eventsReleased.inc({ reason: 'shutdown' });
       breaker?.record(sendResultOf(err), admission.probe);
+    } finally {
+      this.#sending.set(sink.name, this.sendingTo(sink.name) - 1);
     }
     endTimer();
     span?.end({ kind: outcome.kind, error: 'error' in outcome ? outcome.error : undefined });

@@ -27,6 +27,7 @@ import { startTracing, type DispatchTracer } from '../tracing/tracer.ts';
 import { claimLoopBoundMs, completerBoundMs, Heartbeat, Watchdog } from '../kernel/heartbeat.ts';
 import { serviceOf, sleep, type Service } from '../kernel/service.ts';
 import { SinkPauseWatcher } from '../dispatch/sink-pauses.ts';
+import { ReplicaStatusReporter } from '../dispatch/replica-status.ts';
 
 /** How long shutdown waits for connections to close before leaving them to process exit. */
 const CLOSE_BOUND_MS = 5000;
@@ -54,8 +55,8 @@ export interface DaemonOptions {
  * once, the order they stop in (`stages`, first to last); they start in the reverse order.
  * Stop order: listener, rescuer, ordering settler, partition maintenance and backlog sampler
  * together (no more wake-ups, DDL or sampling), dispatcher (stop claiming, drain, release),
- * completer (final flush), sinks, tracer provider (export the last spans), ops server
- * (scrapable while draining), pool.
+ * completer (final flush) with the sink-pause watcher and the replica status reporter, sinks,
+ * tracer provider (export the last spans), ops server (scrapable while draining), pool.
  */
 export class Daemon {
   readonly pool: pg.Pool;
@@ -79,6 +80,10 @@ export class Daemon {
   readonly stages: readonly (readonly Service[])[];
   /** Operator pauses of sinks, polled from the database (ADR 0014). */
   readonly sinkPauses: SinkPauseWatcher;
+  /** Each sink's circuit breaker in this replica. */
+  readonly circuits: SinkCircuits;
+  /** Writes this replica's circuit states and sends in flight for `sinks status` (migration 0016). */
+  readonly replicaStatus: ReplicaStatusReporter;
   readonly #opts: DaemonOptions;
   readonly #log: Logger;
   #stopping: Promise<void> | undefined;
@@ -123,6 +128,7 @@ export class Daemon {
     // window counts unwritten outcomes, so waiting for more would stall the next claim.
     this.completer = new Completer(this.db, log, this.metrics, { workerId: d.workerId, heartbeat: completerBeat, maxBatch: Math.min(500, d.batchSize) });
     this.sinkPauses = new SinkPauseWatcher(this.db, log, this.metrics.registry, opts.sinks.keys());
+    this.circuits = this.#circuits(config.circuit, opts.sinks.keys());
     this.dispatcher = new Dispatcher({
       db: this.db,
       log,
@@ -133,8 +139,13 @@ export class Daemon {
       tenantScope: new TenantScope(this.db),
       settings: d,
       heartbeat: claimBeat,
-      circuits: this.#circuits(config.circuit, opts.sinks.keys()),
+      circuits: this.circuits,
       pauses: this.sinkPauses,
+    });
+    this.replicaStatus = new ReplicaStatusReporter(this.db, log, {
+      workerId: d.workerId,
+      intervalMs: config.statusReportMs,
+      source: { sinkNames: [...opts.sinks.keys()], circuits: this.circuits, sendingTo: (sink) => this.dispatcher.sendingTo(sink) },
     });
     this.rescuer = new LeaseRescuer(this.db, log, this.metrics, {
       intervalMs: d.rescueIntervalMs,
@@ -175,8 +186,9 @@ export class Daemon {
     this.stages = [
       [this.rescuer, this.orderingSettler, this.#bounded(this.listener), ...(this.partitions ? [this.partitions] : []), ...(this.partitionSampler ? [this.partitionSampler] : []), ...(this.backlog ? [this.backlog] : [])],
       [this.dispatcher],
-      // Pauses are read before the dispatcher's first claim and until its last.
-      [this.completer, this.sinkPauses],
+      // Pauses are read before the dispatcher's first claim and until its last; the status
+      // report covers the drain, then removes this replica's rows.
+      [this.completer, this.sinkPauses, this.#bounded(this.replicaStatus)],
       [serviceOf('sinks', { stop: async () => void (await Promise.all([...opts.sinks.values()].map((s) => s.close?.().catch(() => undefined)))) })],
       // Spans end with their attempts, so all are buffered once the dispatcher has drained; an
       // unreachable collector cannot hold shutdown up.
