@@ -198,7 +198,6 @@ const SQL: SqlExpectation[] = [
   { doc: 'runbooks/partitions.md', contains: "'analytics_events', 'created_at', 3, 13, 'detach'", login: 'owner', check: (rs) => expect(rs.at(-1)!.rowCount).toBe(1) },
   { doc: 'runbooks/partitions.md', contains: 'RENAME TO capacity_outbox_partitioned_rolled_back', login: 'skip', reason: 'rollback right after an adopt swap; adopt is tested in adopt.test.ts' },
   { doc: 'runbooks/partitions.md', contains: 'FROM capacity_outbox_default GROUP BY 1', login: 'owner', check: (rs) => expect(rowsOf(rs)[0]!.rows.length).toBe(2) },
-  { doc: 'runbooks/partitions.md', contains: "abandoned by <you>: <ticket>", login: 'owner', check: (rs) => expect(rs.at(-1)!.rowCount).toBe(1) },
   { doc: 'runbooks/partitions.md', contains: "xact_start < now() - interval '1 minute'", login: 'owner' },
   { doc: 'runbooks/partitions.md', contains: 'DROP TABLE public.capacity_outbox_unpartitioned', login: 'skip', reason: 'only after an adopt (adopt.test.ts)' },
   { doc: 'runbooks/rls.md', contains: 'relforcerowsecurity FROM pg_class', login: 'owner', check: (rs) => expect(rowsOf(rs)[0]!.rows[0]).toMatchObject({ relrowsecurity: true, relforcerowsecurity: true }) },

@@ -13,6 +13,39 @@ async function seedDead(db: TestDatabase) {
   await db.query("UPDATE capacity_outbox SET status = 'dead', attempts = 10, last_error = 'exhausted 10/10 attempts: HTTP 503'");
 }
 
+describe('events abandon', () => {
+  it('needs --reason (exit 64, one line), and --dry-run changes nothing', async ({ db }) => {
+    await seedDead(db);
+    const noReason = await runCli(['events', 'abandon', '--tenant', A], envOf(db));
+    expect(noReason.code).toBe(64);
+    expect(noReason.stderr.trimEnd().split('\n'), 'one line, no stack').toHaveLength(1);
+    expect(noReason.stderr).toContain('--reason');
+    const dry = await runCli(['events', 'abandon', '--tenant', A, '--type', 'booking.*', '--reason', 'OPS-1', '--dry-run', '--json'], envOf(db));
+    expect(dry.code).toBe(0);
+    expect(JSON.parse(dry.stdout).wouldAbandon).toBe(2);
+    expect(await statusCounts(db)).toEqual({ dead: 4 });
+  });
+
+  it('marks matching dead events done with who and why in last_error, audited with the filter and count', async ({ db }) => {
+    await seedDead(db);
+    const r = await runCli(['events', 'abandon', '--tenant', A, '--type', 'booking.*', '--reason', 'OPS-42 receiver retired'], envOf(db));
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain('abandoned 2 dead event(s)');
+    const { rows } = await db.query("SELECT event_type, status, dispatched_at, last_error FROM capacity_outbox WHERE status = 'done' ORDER BY event_type");
+    expect(rows.map((x) => x.event_type)).toEqual(['booking.cancelled', 'booking.created']);
+    for (const x of rows) {
+      expect(x.dispatched_at).toBeNull(); // never delivered
+      expect(x.last_error).toMatch(/^abandoned by outbox_test_worker\S*: OPS-42 receiver retired; exhausted 10\/10 attempts: HTTP 503$/);
+    }
+    expect(await statusCounts(db)).toEqual({ done: 2, dead: 2 });
+    const audit = JSON.parse((await runCli(['audit', '--action', 'events.abandon', '--json'], envOf(db))).stdout);
+    expect(audit.entries).toHaveLength(1);
+    expect(audit.entries[0]).toMatchObject({ action: 'events.abandon', rows: 2, result: 'abandoned 2' });
+    expect(audit.entries[0].filter).toMatchObject({ tenant: A, reason: 'OPS-42 receiver retired' });
+  });
+});
+
 describe('events replay', () => {
   it('--dry-run lists what it would touch and changes nothing', async ({ db }) => {
     await seedDead(db);

@@ -1,5 +1,5 @@
 import { auditAdd, auditBegin } from '../db/queries/audit.ts';
-import { eventStats, previewReplay, replayDead, type EventFilter } from '../db/queries/operator.ts';
+import { abandonDead, eventStats, previewReplay, replayDead, type EventFilter } from '../db/queries/operator.ts';
 import { listBlockedKeys, skipDeadHead, type SkipResult } from '../db/queries/ordering.ts';
 import { decodeCursor, encodeCursor, listEvents, showEvent, type EventDetail } from '../db/queries/event-lookup.ts';
 import { OUTBOX_STATUSES, type OutboxStatus } from '../db/schema.ts';
@@ -92,6 +92,39 @@ export async function replayCommand(
         process.stdout.write(`left ${result.skippedDuplicateKey} dead: an active event already holds their dedupe key\n`);
       }
     }
+    return EXIT.OK;
+  });
+}
+
+/**
+ * Gives up on dead events that can never be delivered (the receiver is gone, the data is
+ * obsolete): they become 'done' with the reason in last_error, so their partitions can retire.
+ * A reason is required; the audit entry records who, the filter and how many.
+ */
+export async function abandonCommand(
+  opts: FilterOptions & { dryRun?: boolean; limit?: string; reason?: string },
+  env: NodeJS.ProcessEnv = process.env,
+): Promise<number> {
+  const filter = parseFilter(opts);
+  const limit = opts.limit === undefined ? undefined : parsePositiveInt('--limit', opts.limit, 10_000_000);
+  if (opts.reason === undefined) throw new UsageError('events abandon needs --reason "<why, e.g. a ticket>"');
+  const reason = parseText('--reason', opts.reason.trim(), 500);
+  return withDatabase(opts, env, async (db) => {
+    if (opts.dryRun) {
+      const preview = await previewReplay(db, filter, Math.min(limit ?? 50, 50));
+      const wouldTouch = limit === undefined ? preview.total : Math.min(limit, preview.total);
+      if (opts.json) printJson({ dryRun: true, wouldAbandon: wouldTouch, sample: preview.sample });
+      else {
+        process.stdout.write(`dry run: would mark ${wouldTouch} dead event(s) done as abandoned; first ${preview.sample.length}:\n`);
+        process.stdout.write(`${table(preview.sample.map((r) => ({ ...r, last_error: r.last_error?.slice(0, 80) })))}\n`);
+      }
+      return EXIT.OK;
+    }
+    const auditId = await auditBegin(db, 'events.abandon', actorFor('events abandon'), filterRecord(filter, { limit, reason }));
+    const result = await abandonDead(db, filter, reason, { max: limit, auditId });
+    await auditAdd(db, auditId, 0, `abandoned ${result.abandoned}`);
+    if (opts.json) printJson(result);
+    else process.stdout.write(`abandoned ${result.abandoned} dead event(s): marked done, reason in last_error\n`);
     return EXIT.OK;
   });
 }

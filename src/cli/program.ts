@@ -1,7 +1,7 @@
 import { Command, Option } from 'commander';
 import { enqueueCommand } from './enqueue-command.ts';
 import { auditCommand } from './audit-command.ts';
-import { blockedCommand, LIST_MAX, listCommand, replayCommand, showCommand, skipCommand, statsCommand } from './events-command.ts';
+import { abandonCommand, blockedCommand, LIST_MAX, listCommand, replayCommand, showCommand, skipCommand, statsCommand } from './events-command.ts';
 import { sinksPauseCommand, sinksResumeCommand, sinksStatusCommand } from './sinks-command.ts';
 import { incidentCommand, SCENARIOS } from './incident-command.ts';
 import { migrateCommand } from './migrate-command.ts';
@@ -109,6 +109,14 @@ export function buildProgram(context?: CommandContext): Command {
     .option('--dry-run', 'print what would be replayed; change nothing')
     .action(async (opts) => {
       process.exitCode = await replayCommand(opts);
+    }), 'daemon');
+  login(filterOptions(events.command('abandon').description("give up on dead events that can never be delivered: mark them done with --reason in last_error (audited); --dry-run shows what it would touch"))
+    .option('--id <uuid>', 'only this event (repeatable)', collect)
+    .option('--reason <text>', 'why (a ticket): written into each event\'s last_error and the audit trail (required)')
+    .option('--limit <n>', 'abandon at most this many')
+    .option('--dry-run', 'print what would be abandoned; change nothing')
+    .action(async (opts) => {
+      process.exitCode = await abandonCommand(opts);
     }), 'daemon');
   login(events
     .command('show')

@@ -1,6 +1,7 @@
-import { sql, type Expression, type ExpressionBuilder, type Kysely, type SqlBool } from 'kysely';
+import { sql, type Expression, type ExpressionBuilder, type Kysely, type SqlBool, type UpdateObject } from 'kysely';
 import type { Database, OutboxStatus } from '../schema.ts';
 import { notify, OUTBOX_CHANNEL } from './notify.ts';
+import { safeText } from '../../domain/safe-text.ts';
 
 // Queries behind the on-call CLI (events stats, events replay). They use the
 // dispatch index (status, next_attempt_at) and never scan 'done' rows unless asked.
@@ -127,12 +128,49 @@ export async function replayDead(
   filter: EventFilter,
   opts: { batchSize?: number; max?: number; auditId?: string } = {},
 ): Promise<ReplayResult> {
+  const r = await changeDead(db, filter, opts, { status: 'pending', attempts: 0, next_attempt_at: sql<Date>`now()`, locked_by: null, locked_until: null });
+  // Wakes every dispatcher as a producer's insert does.
+  if (r.changed > 0) await notify(db, OUTBOX_CHANNEL, '');
+  return { replayed: r.changed, skippedDuplicateKey: r.seen - r.changed };
+}
+
+/**
+ * Gives up on matching dead events: they become 'done' with dispatched_at left NULL and
+ * last_error prefixed "abandoned by <login>: <reason>", so a partition past retention can be
+ * retired and the event stays explainable (`events show`). A dead head of an ordering key
+ * marked done lets the key move on (the settle trigger, migration 0010).
+ */
+export async function abandonDead(
+  db: Kysely<Database>,
+  filter: EventFilter,
+  reason: string,
+  opts: { batchSize?: number; max?: number; auditId?: string } = {},
+): Promise<{ abandoned: number }> {
+  const note = safeText(reason);
+  const r = await changeDead(db, filter, opts, {
+    status: 'done',
+    last_error: sql<string>`left('abandoned by ' || session_user || ': ' || ${note}::text || '; ' || coalesce(o.last_error, ''), 4000)`,
+  });
+  return { abandoned: r.changed };
+}
+
+/**
+ * Applies `set` to matching dead events in keyset-ordered batches (`max` in all), each batch one
+ * statement that also adds its count to the audit entry. `seen` counts the dead events a batch
+ * locked; `changed` those the update changed (a trigger may skip some: replay's dedupe rule).
+ */
+async function changeDead(
+  db: Kysely<Database>,
+  filter: EventFilter,
+  opts: { batchSize?: number; max?: number; auditId?: string },
+  set: UpdateObject<Database & { o: Database['capacity_outbox'] }, 'o'>,
+): Promise<{ seen: number; changed: number }> {
   const batchSize = opts.batchSize ?? 500;
   const max = opts.max ?? Number.POSITIVE_INFINITY;
-  const result: ReplayResult = { replayed: 0, skippedDuplicateKey: 0 };
+  const total = { seen: 0, changed: 0 };
   let cursor: { createdAt: string; id: string } | undefined;
-  while (result.replayed + result.skippedDuplicateKey < max) {
-    const take = Math.min(batchSize, max - result.replayed - result.skippedDuplicateKey);
+  while (total.seen < max) {
+    const take = Math.min(batchSize, max - total.seen);
     const after = cursor;
     const row = await db
       .with('candidates', (qb) =>
@@ -149,18 +187,18 @@ export async function replayDead(
           .limit(take)
           .forUpdate(),
       )
-      .with('replayed', (qb) =>
+      .with('changed', (qb) =>
         qb
           .updateTable('capacity_outbox as o')
           .from('candidates as c')
-          .set({ status: 'pending', attempts: 0, next_attempt_at: sql<Date>`now()`, locked_by: null, locked_until: null })
+          .set(set)
           .whereRef('o.id', '=', 'c.id')
           .whereRef('o.created_at', '=', 'c.created_at')
           .returning('o.id'),
       )
       .selectNoFrom((eb) => [
         eb.selectFrom('candidates').select(eb.fn.countAll<string>().as('n')).as('seen'),
-        eb.selectFrom('replayed').select(eb.fn.countAll<string>().as('n')).as('replayed'),
+        eb.selectFrom('changed').select(eb.fn.countAll<string>().as('n')).as('changed'),
         eb
           .selectFrom('candidates')
           .select(sql<string>`created_at::text`.as('k'))
@@ -172,17 +210,14 @@ export async function replayDead(
         // The audit entry counts each batch in the batch's own statement (same transaction).
         ...(opts.auditId === undefined
           ? []
-          : [sql<null>`outbox_dispatcher.operator_audit_add(${opts.auditId}::bigint, (SELECT count(*) FROM replayed))`.as('audited')]),
+          : [sql<null>`outbox_dispatcher.operator_audit_add(${opts.auditId}::bigint, (SELECT count(*) FROM changed))`.as('audited')]),
       ])
       .executeTakeFirstOrThrow();
     const seen = Number(row.seen ?? 0);
-    const replayed = Number(row.replayed ?? 0);
-    result.replayed += replayed;
-    result.skippedDuplicateKey += seen - replayed;
+    total.seen += seen;
+    total.changed += Number(row.changed ?? 0);
     if (seen < take || !row.last_id || !row.last_created_at) break;
     cursor = { createdAt: row.last_created_at, id: row.last_id };
   }
-  // Wakes every dispatcher as a producer's insert does.
-  if (result.replayed > 0) await notify(db, OUTBOX_CHANNEL, '');
-  return result;
+  return total;
 }
