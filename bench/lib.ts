@@ -1,6 +1,8 @@
 // Shared plumbing for `npm run bench`: databases, seeding, process accounting.
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import fs from 'node:fs';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { asProducer, insertEvents } from '../src/db/queries/producer.ts';
@@ -234,4 +236,43 @@ export async function pacedCommits(
     committed.set(seq, performance.now());
   }
   return committed;
+}
+
+export interface EventReceiver {
+  url: string;
+  close(): Promise<void>;
+}
+
+/**
+ * An HTTP sink for the latency sections: hands each event body to `onEvent` with its receipt
+ * time (performance.now()) and answers 204 after `delayMs`.
+ */
+export async function startEventReceiver(
+  onEvent: (body: { restaurantId?: string; payload?: { seq?: string } }, at: number) => void,
+  delayMs = 0,
+): Promise<EventReceiver> {
+  const server = http.createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (d: Buffer) => chunks.push(d));
+    req.on('end', () => {
+      const at = performance.now();
+      try {
+        onEvent(JSON.parse(Buffer.concat(chunks).toString()), at);
+      } catch {
+        // not an event body
+      }
+      if (delayMs > 0) setTimeout(() => res.writeHead(204).end(), delayMs);
+      else res.writeHead(204).end();
+    });
+  });
+  server.keepAliveTimeout = 60_000;
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/hook`,
+    close: () =>
+      new Promise<void>((r) => {
+        server.closeAllConnections();
+        server.close(() => r());
+      }),
+  };
 }

@@ -2,10 +2,8 @@
 // backlog, one worker with default settings, an HTTP sink answering every request after 10 ms.
 // Target: B's commit-to-receipt p99 under 200 ms while A's backlog still drains at close to full
 // speed. The same run with OUTBOX_FAIR_SHARE_PERCENT=0 (oldest first only) shows what B waited before.
-import http from 'node:http';
-import type { AddressInfo } from 'node:net';
 import pg from 'pg';
-import { createBenchDb, pacedCommits, quantile, round, startWorker } from '../lib.ts';
+import { createBenchDb, pacedCommits, quantile, round, startEventReceiver, startWorker } from '../lib.ts';
 
 export interface FairnessResult {
   name: string;
@@ -26,27 +24,14 @@ export async function fairnessRun(rootUrl: string, backlog: number, fairSharePer
   const receivedB = new Map<string, number>();
   let receivedA = 0;
   let lastA = 0;
-  const server = http.createServer((req, res) => {
-    const chunks: Buffer[] = [];
-    req.on('data', (d: Buffer) => chunks.push(d));
-    req.on('end', () => {
-      const at = performance.now();
-      try {
-        const body = JSON.parse(Buffer.concat(chunks).toString()) as { restaurantId: string; payload?: { seq?: string } };
-        if (body.restaurantId === TENANT_B && body.payload?.seq) receivedB.set(body.payload.seq, at);
-        else if (body.restaurantId === TENANT_A) {
-          receivedA++;
-          lastA = at;
-        }
-      } catch {
-        // not ours
-      }
-      setTimeout(() => res.writeHead(204).end(), 10);
-    });
-  });
-  server.keepAliveTimeout = 60_000;
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/hook`;
+  const receiver = await startEventReceiver((body, at) => {
+    if (body.restaurantId === TENANT_B && body.payload?.seq) receivedB.set(body.payload.seq, at);
+    else if (body.restaurantId === TENANT_A) {
+      receivedA++;
+      lastA = at;
+    }
+  }, 10);
+  const url = receiver.url;
   // A's backlog: one import committed before the worker starts, never analyzed, ~200-byte keyed payloads.
   await db.admin.query(
     `INSERT INTO capacity_outbox (restaurant_id, event_type, payload, dedupe_key)
@@ -83,10 +68,7 @@ export async function fairnessRun(rootUrl: string, backlog: number, fairSharePer
   } finally {
     await producer.end().catch(() => undefined);
     await worker.stop();
-    await new Promise<void>((r) => {
-      server.closeAllConnections();
-      server.close(() => r());
-    });
+    await receiver.close();
     await db.drop();
   }
 }

@@ -1,9 +1,7 @@
 // End-to-end latency at a steady rate: commit (the producer's COMMIT returned) to receipt by
 // an HTTP sink, one worker with default settings. Issue 9 target: p99 < 20 ms at 200 events/s.
-import http from 'node:http';
-import type { AddressInfo } from 'node:net';
 import pg from 'pg';
-import { createBenchDb, pacedCommits, quantile, round, startWorker } from '../lib.ts';
+import { createBenchDb, pacedCommits, quantile, round, startEventReceiver, startWorker } from '../lib.ts';
 
 export interface LatencyResult {
   ratePerSec: number;
@@ -16,23 +14,10 @@ export interface LatencyResult {
 export async function steadyLatency(rootUrl: string, ratePerSec: number, seconds: number): Promise<LatencyResult> {
   const db = await createBenchDb(rootUrl, 'latency');
   const received = new Map<string, number>();
-  const server = http.createServer((req, res) => {
-    const chunks: Buffer[] = [];
-    req.on('data', (d: Buffer) => chunks.push(d));
-    req.on('end', () => {
-      const at = performance.now();
-      try {
-        const body = JSON.parse(Buffer.concat(chunks).toString()) as { payload?: { seq?: string } };
-        if (body.payload?.seq) received.set(body.payload.seq, at);
-      } catch {
-        // not ours
-      }
-      res.writeHead(204).end();
-    });
+  const receiver = await startEventReceiver((body, at) => {
+    if (body.payload?.seq) received.set(body.payload.seq, at);
   });
-  server.keepAliveTimeout = 60_000;
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/hook`;
+  const url = receiver.url;
   const worker = startWorker({
     DATABASE_URL: db.workerUrl,
     OUTBOX_ROUTES: JSON.stringify({ routes: [{ match: '*', sink: { type: 'http', url, timeoutMs: 5000 } }] }),
@@ -57,7 +42,7 @@ export async function steadyLatency(rootUrl: string, ratePerSec: number, seconds
   } finally {
     await producer.end().catch(() => undefined);
     await worker.stop();
-    await new Promise<void>((r) => { server.closeAllConnections(); server.close(() => r()); });
+    await receiver.close();
     await db.drop();
   }
 }

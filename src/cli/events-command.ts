@@ -65,6 +65,24 @@ export async function statsCommand(opts: FilterOptions & { all?: boolean }, env:
   return EXIT.OK;
 }
 
+/** A dry run of a change to dead events (replay, abandon): how many it would touch and the first 50. */
+async function dryRunDead(
+  db: Parameters<typeof previewReplay>[0],
+  filter: EventFilter,
+  limit: number | undefined,
+  json: boolean | undefined,
+  say: { key: string; change: string },
+): Promise<number> {
+  const preview = await previewReplay(db, filter, Math.min(limit ?? 50, 50));
+  const wouldTouch = limit === undefined ? preview.total : Math.min(limit, preview.total);
+  if (json) printJson({ dryRun: true, [say.key]: wouldTouch, sample: preview.sample });
+  else {
+    process.stdout.write(`dry run: would ${say.change.replace('{n}', String(wouldTouch))}; first ${preview.sample.length}:\n`);
+    process.stdout.write(`${table(preview.sample.map((r) => ({ ...r, last_error: r.last_error?.slice(0, 80) })))}\n`);
+  }
+  return EXIT.OK;
+}
+
 export async function replayCommand(
   opts: FilterOptions & { dryRun?: boolean; limit?: string },
   env: NodeJS.ProcessEnv = process.env,
@@ -72,16 +90,7 @@ export async function replayCommand(
   const filter = parseFilter(opts);
   const limit = opts.limit === undefined ? undefined : parsePositiveInt('--limit', opts.limit, 10_000_000);
   return withDatabase(opts, env, async (db) => {
-    if (opts.dryRun) {
-      const preview = await previewReplay(db, filter, Math.min(limit ?? 50, 50));
-      const wouldTouch = limit === undefined ? preview.total : Math.min(limit, preview.total);
-      if (opts.json) printJson({ dryRun: true, wouldReplay: wouldTouch, sample: preview.sample });
-      else {
-        process.stdout.write(`dry run: would return ${wouldTouch} dead event(s) to pending; first ${preview.sample.length}:\n`);
-        process.stdout.write(`${table(preview.sample.map((r) => ({ ...r, last_error: r.last_error?.slice(0, 80) })))}\n`);
-      }
-      return EXIT.OK;
-    }
+    if (opts.dryRun) return dryRunDead(db, filter, limit, opts.json, { key: 'wouldReplay', change: 'return {n} dead event(s) to pending' });
     const auditId = await auditBegin(db, 'events.replay', actorFor('events replay'), filterRecord(filter, { limit }));
     const result = await replayDead(db, filter, { max: limit, auditId });
     await auditAdd(db, auditId, 0, `replayed ${result.replayed}; left ${result.skippedDuplicateKey} dead (dedupe key held)`);
@@ -110,16 +119,7 @@ export async function abandonCommand(
   if (opts.reason === undefined) throw new UsageError('events abandon needs --reason "<why, e.g. a ticket>"');
   const reason = parseText('--reason', opts.reason.trim(), 500);
   return withDatabase(opts, env, async (db) => {
-    if (opts.dryRun) {
-      const preview = await previewReplay(db, filter, Math.min(limit ?? 50, 50));
-      const wouldTouch = limit === undefined ? preview.total : Math.min(limit, preview.total);
-      if (opts.json) printJson({ dryRun: true, wouldAbandon: wouldTouch, sample: preview.sample });
-      else {
-        process.stdout.write(`dry run: would mark ${wouldTouch} dead event(s) done as abandoned; first ${preview.sample.length}:\n`);
-        process.stdout.write(`${table(preview.sample.map((r) => ({ ...r, last_error: r.last_error?.slice(0, 80) })))}\n`);
-      }
-      return EXIT.OK;
-    }
+    if (opts.dryRun) return dryRunDead(db, filter, limit, opts.json, { key: 'wouldAbandon', change: 'mark {n} dead event(s) done as abandoned' });
     const auditId = await auditBegin(db, 'events.abandon', actorFor('events abandon'), filterRecord(filter, { limit, reason }));
     const result = await abandonDead(db, filter, reason, { max: limit, auditId });
     await auditAdd(db, auditId, 0, `abandoned ${result.abandoned}`);
