@@ -47,7 +47,8 @@ async function claimAll(worker: Kysely<Database>, workerId = 'w1', leaseMs = 60_
   return claimBatch(worker, { workerId, limit: 1000, leaseMs, maxPayloadBytes: 1_048_576 });
 }
 
-const done = (r: ClaimedRow) => ({ id: r.id, createdAtKey: r.created_at_key, attempt: r.attempts, outcome: { kind: 'done' as const } });
+// As the dispatcher completes a keyed event: its key is settled in the completion's transaction (migration 0017).
+const done = (r: ClaimedRow) => ({ id: r.id, createdAtKey: r.created_at_key, attempt: r.attempts, keyed: r.ordering_key !== null, outcome: { kind: 'done' as const } });
 
 describe('the queue of one key', () => {
   it('makes only the head due, and the completion of the head promotes the next, in sequence order', async ({ db, worker }) => {

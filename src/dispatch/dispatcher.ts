@@ -197,6 +197,7 @@ export class Dispatcher implements Service {
         attempt,
         outcome,
         skipKeyIfDead: row.ordering_key !== null && route?.onDeadHead === 'skip',
+        keyed: row.ordering_key !== null,
       });
       this.#record(row, outcome, sink);
     };

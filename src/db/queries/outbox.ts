@@ -103,6 +103,8 @@ export interface Completion {
    * its key moves on in the same transaction instead of staying blocked.
    */
   skipKeyIfDead?: boolean;
+  /** A keyed event (ordering_key set): finishing it settles its key (migration 0017). */
+  keyed?: boolean;
 }
 
 /** Sets dead heads aside so their keys move on (routes with ordering.onDeadHead = skip). */
@@ -124,16 +126,26 @@ const STATUS_OF: Record<Outcome['kind'], OutboxStatus> = {
  */
 export async function completeBatch(db: Kysely<Database>, workerId: string, items: Completion[]): Promise<Set<string>> {
   if (items.length === 0) return new Set();
-  const skips = new Set(items.filter((c) => c.skipKeyIfDead && c.outcome.kind === 'dead').map((c) => c.id));
-  if (skips.size === 0) {
+  const settles = items.filter((c) => c.keyed && (c.outcome.kind === 'done' || c.outcome.kind === 'dead'));
+  if (settles.length === 0) {
     const result = await completionStatement(workerId, items).execute(db);
     return new Set(result.rows.map((r) => r.id));
   }
-  // The dead head is written and its key moved on atomically: never a window in which the
-  // key is blocked by an event whose route says skip.
+  // Keyed events finished: their keys are settled in the same transaction, in a few set-based
+  // statements (migration 0017) instead of the row trigger per event, and a dead head whose
+  // route says skip is set aside in it too: never a window in which a key is blocked by an
+  // event whose route says skip, or left unsettled.
+  const skips = new Set(items.filter((c) => c.skipKeyIfDead && c.outcome.kind === 'dead').map((c) => c.id));
   return db.transaction().execute(async (trx) => {
+    await sql`SELECT set_config('outbox_dispatcher.completion_settles_keys', 'on', true)`.execute(trx);
     const result = await completionStatement(workerId, items).execute(trx);
+    await sql`SELECT set_config('outbox_dispatcher.completion_settles_keys', 'off', true)`.execute(trx);
     const applied = new Set(result.rows.map((r) => r.id));
+    const settled = settles.filter((c) => applied.has(c.id));
+    if (settled.length > 0) {
+      await sql`SELECT outbox_dispatcher.capacity_outbox_ordering_settle_completed(
+          ${settled.map((c) => c.id)}::uuid[], ${settled.map((c) => c.createdAtKey)}::timestamptz[])`.execute(trx);
+    }
     await skipDeadHeads(trx, [...skips].filter((id) => applied.has(id)), 'route ordering.onDeadHead = skip');
     return applied;
   });
