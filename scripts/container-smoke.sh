@@ -63,8 +63,11 @@ ENVS=()
 echo "== outbox-dispatcher on the image's PATH: $(in_image --version)"
 # Migrations ship in the image: run them from it, as the owner.
 in_image migrate --database-url "$DB_URL"
-psql "$DB_URL" -qc "DO \$\$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'outbox_smoke') THEN CREATE ROLE outbox_smoke LOGIN PASSWORD 'smoke'; END IF; END \$\$; GRANT app_background TO outbox_smoke; GRANT app_producer TO outbox_smoke;"
+# Two logins, as deployed: the daemon's (app_background) and a producer's (app_producer). The
+# daemon refuses a login that is both (the producer policy demands a tenant context).
+psql "$DB_URL" -qc "DO \$\$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'outbox_smoke') THEN CREATE ROLE outbox_smoke LOGIN PASSWORD 'smoke'; END IF; IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'outbox_smoke_producer') THEN CREATE ROLE outbox_smoke_producer LOGIN PASSWORD 'smoke'; END IF; END \$\$; GRANT app_background TO outbox_smoke; GRANT app_producer TO outbox_smoke_producer;"
 WORKER_URL="$(echo "$DB_URL" | sed -E 's#//[^@/]+@#//outbox_smoke:smoke@#')"
+PRODUCER_URL="$(echo "$DB_URL" | sed -E 's#//[^@/]+@#//outbox_smoke_producer:smoke@#')"
 ENVS=(-e "DATABASE_URL=$WORKER_URL" -e "METRICS_PORT=$PORT" -e 'OUTBOX_ROUTES={"routes":[{"match":"*","sink":{"type":"log"}}]}')
 
 echo "== run the daemon from the image"
@@ -80,7 +83,7 @@ for _ in $(seq 1 60); do curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null &&
 echo "healthz: $(curl -fs "http://127.0.0.1:$PORT/healthz")"
 for _ in $(seq 1 40); do grep -q '"msg":"outbox dispatcher running"' "$LOG" && break; sleep 0.25; done
 grep -q '"msg":"outbox dispatcher running"' "$LOG"
-ID=$(in_image enqueue --type smoke.test --tenant 11111111-1111-4111-8111-111111111111 --json | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).inserted[0]))')
+ID=$(in_image enqueue --database-url "$PRODUCER_URL" --type smoke.test --tenant 11111111-1111-4111-8111-111111111111 --json | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).inserted[0]))')
 for _ in $(seq 1 60); do grep -q "\"eventId\":\"$ID\"" "$LOG" && break; sleep 0.5; done
 grep "\"eventId\":\"$ID\"" "$LOG" | grep -q 'event delivered to log sink'
 echo "dispatched $ID from inside the image"

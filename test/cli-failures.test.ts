@@ -29,6 +29,7 @@ const COMMANDS: CommandCase[] = [
   { args: ['events', 'stats'], login: 'daemon' },
   { args: ['events', 'replay', '--dry-run'], login: 'daemon' },
   { args: ['events', 'replay'], login: 'daemon' },
+  { args: ['events', 'abandon', '--reason', 'failure table'], login: 'daemon' },
   { args: ['events', 'blocked'], login: 'daemon' },
   { args: ['events', 'skip', '--id', '00000000-0000-4000-8000-000000000001'], login: 'daemon' },
   { args: ['events', 'show', '00000000-0000-4000-8000-000000000001'], login: 'daemon' },

@@ -238,6 +238,25 @@ describe.skipIf(missing)('through PgBouncer in transaction mode', () => {
 });
 
 describe('the login role model (no pooler needed)', () => {
+  it('refuses a login that is also a producer: the producer policy would fail every claim (exit 77, naming the fix)', async () => {
+    const mine = missing ? await createTestDatabase() : db;
+    const role = `outbox_both_${process.pid}_${Date.now().toString(36)}`;
+    await mine.query(`CREATE ROLE ${role} LOGIN PASSWORD '${TEST_ROLES.password}' IN ROLE app_background, app_producer`);
+    try {
+      const u = new URL(mine.workerUrl);
+      u.username = role;
+      const err = await preflight(u.toString(), { allowPrivilegedRole: false, log }).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(StartupError);
+      expect((err as StartupError).exitCode).toBe(77);
+      expect((err as Error).message).toContain(`REVOKE app_producer FROM "${role}"`);
+      await mine.query(`REVOKE app_producer FROM ${role}`);
+      await expect(preflight(u.toString(), { allowPrivilegedRole: false, log })).resolves.toEqual({ roleSwitch: false });
+    } finally {
+      await mine.query(`DROP ROLE ${role}`);
+      if (missing) await mine.drop();
+    }
+  });
+
   it('refuses a member of app_background without INHERIT, naming the fix (exit 77)', async () => {
     const mine = missing ? await createTestDatabase() : db;
     const role = `outbox_noinherit_${process.pid}_${Date.now().toString(36)}`;

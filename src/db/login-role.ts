@@ -53,6 +53,16 @@ export function roleSwitchNeeded(role: LoginRole, opts: { allowPrivilegedRole: b
       EXIT.PRIVILEGED_ROLE,
     );
   }
+  if (role.producer) {
+    // Policies of every role the login inherits apply; app_producer's raises "tenant context
+    // missing" for a statement without one, and the daemon's claims, completions and samples
+    // work across tenants with none. A login that is both fails on its first claim.
+    throw new StartupError(
+      `login role ${role.loginRole} is also a member of app_producer, whose row-level security policy requires a tenant context ` +
+        `on every statement, and the daemon works across tenants; give producers a login of their own and run REVOKE app_producer FROM ${login}`,
+      EXIT.PRIVILEGED_ROLE,
+    );
+  }
   if (!role.inherits) {
     throw new StartupError(
       `login role ${role.loginRole} is a member of ${BACKGROUND_ROLE} without INHERIT, so it would need SET ROLE on every session, ` +
