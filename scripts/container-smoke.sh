@@ -65,7 +65,7 @@ echo "== outbox-dispatcher on the image's PATH: $(in_image --version)"
 in_image migrate --database-url "$DB_URL"
 # Two logins, as deployed: the daemon's (app_background) and a producer's (app_producer). The
 # daemon refuses a login that is both (the producer policy demands a tenant context).
-psql "$DB_URL" -qc "DO \$\$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'outbox_smoke') THEN CREATE ROLE outbox_smoke LOGIN PASSWORD 'smoke'; END IF; IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'outbox_smoke_producer') THEN CREATE ROLE outbox_smoke_producer LOGIN PASSWORD 'smoke'; END IF; END \$\$; GRANT app_background TO outbox_smoke; GRANT app_producer TO outbox_smoke_producer;"
+psql "$DB_URL" -qc "DO \$\$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'outbox_smoke') THEN CREATE ROLE outbox_smoke LOGIN PASSWORD 'smoke'; END IF; IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'outbox_smoke_producer') THEN CREATE ROLE outbox_smoke_producer LOGIN PASSWORD 'smoke'; END IF; END \$\$; GRANT app_background TO outbox_smoke; REVOKE app_producer FROM outbox_smoke; GRANT app_producer TO outbox_smoke_producer;"
 WORKER_URL="$(echo "$DB_URL" | sed -E 's#//[^@/]+@#//outbox_smoke:smoke@#')"
 PRODUCER_URL="$(echo "$DB_URL" | sed -E 's#//[^@/]+@#//outbox_smoke_producer:smoke@#')"
 ENVS=(-e "DATABASE_URL=$WORKER_URL" -e "METRICS_PORT=$PORT" -e 'OUTBOX_ROUTES={"routes":[{"match":"*","sink":{"type":"log"}}]}')
