@@ -72,8 +72,11 @@ async function untilReachable<T>(waitMs: number, log: Logger, work: () => Promis
       // Refused connections, and sessions ended under it (57P01 during a restart's fast
       // shutdown, a dropped socket) mid-preflight: all transient, and preflight only reads.
       const unreachable = (err instanceof StartupError && err.exitCode === EXIT.DATABASE_UNAVAILABLE) || databaseFailure(err)?.kind === 'unreachable';
-      const delay = reconnectDelayMs(attempt, 250, 5000);
-      if (!unreachable || Date.now() + delay > deadline) throw err;
+      // The whole wait is used: the last retry is at the deadline, not at the last backoff step
+      // before it (which gave up after 1.9 s of a 2.5 s wait, depending on the jitter).
+      const remaining = deadline - Date.now();
+      if (!unreachable || remaining <= 0) throw err;
+      const delay = Math.min(reconnectDelayMs(attempt, 250, 5000), remaining);
       log.warn({ attempt, retryInMs: Math.round(delay), error: (err as Error).message }, 'database not reachable yet; waiting for it (OUTBOX_DB_STARTUP_WAIT_MS)');
       await sleep(delay);
     }
