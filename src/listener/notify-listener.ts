@@ -76,8 +76,15 @@ export class NotifyListener implements Service {
         await sub.connect();
         await sub.listenTo(this.#opts.channel ?? OUTBOX_CHANNEL);
         this.#subscriber = sub;
-        if (this.#stop.signal.aborted) await sub.close().catch(() => undefined);
-        else if (!this.#selfTested) await this.#selfTest(sub);
+        if (this.#stop.signal.aborted) {
+          await sub.close().catch(() => undefined);
+          return;
+        }
+        // Up only once LISTEN is in place: a commit between the connection and the LISTEN sends
+        // a notification nobody hears, so the wake-up here makes the dispatcher claim after it.
+        this.#setConnected(true);
+        this.#opts.onConnected();
+        if (!this.#selfTested) await this.#selfTest(sub);
         return;
       } catch (err) {
         await sub.close().catch(() => undefined);
@@ -122,6 +129,9 @@ export class NotifyListener implements Service {
       this.#opts.onNotify();
     });
     sub.events.on('connected', () => {
+      // pg-listen reconnected this subscriber and listens again (the first connection is
+      // reported by #connectLoop, once its LISTEN is in place).
+      if (this.#subscriber !== sub) return;
       this.#setConnected(true);
       this.#opts.onConnected();
     });
