@@ -39,6 +39,9 @@ DECLARE
   locked_keys outbox_dispatcher.capacity_outbox_ordering_keys[];
   moved       integer;
 BEGIN
+  -- The completion's own UPDATE is over: from here on the row trigger settles again (the
+  -- completer makes this call right after it, so the switch-off costs no round trip).
+  PERFORM set_config('outbox_dispatcher.completion_settles_keys', 'off', true);
   -- The finished events are read through the primary key (the status tests are written so that
   -- no index on status can serve them, whatever the statistics; see migration 0012).
   -- Dead heads block their keys.

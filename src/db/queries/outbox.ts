@@ -139,12 +139,14 @@ export async function completeBatch(db: Kysely<Database>, workerId: string, item
   return db.transaction().execute(async (trx) => {
     await sql`SELECT set_config('outbox_dispatcher.completion_settles_keys', 'on', true)`.execute(trx);
     const result = await completionStatement(workerId, items).execute(trx);
-    await sql`SELECT set_config('outbox_dispatcher.completion_settles_keys', 'off', true)`.execute(trx);
     const applied = new Set(result.rows.map((r) => r.id));
     const settled = settles.filter((c) => applied.has(c.id));
+    // The settle function switches the row trigger back on first; with nothing to settle, do it here.
     if (settled.length > 0) {
       await sql`SELECT outbox_dispatcher.capacity_outbox_ordering_settle_completed(
           ${settled.map((c) => c.id)}::uuid[], ${settled.map((c) => c.createdAtKey)}::timestamptz[])`.execute(trx);
+    } else {
+      await sql`SELECT set_config('outbox_dispatcher.completion_settles_keys', 'off', true)`.execute(trx);
     }
     await skipDeadHeads(trx, [...skips].filter((id) => applied.has(id)), 'route ordering.onDeadHead = skip');
     return applied;
