@@ -8,6 +8,7 @@
 //   BENCH_BACKLOG        backlog for the memory run (default 1000000)
 //   BENCH_CLAIM_FAIR_PERCENT the claim section's fair share (default 25, the daemon's default; 0 = head lane only)
 //   BENCH_FAIR_BACKLOG   tenant A's backlog in the fairness section (default 100000)
+//   BENCH_FAIR_SHARES    fair shares the fairness section runs (default 'default,0': the default, then oldest first)
 //   BENCH_QUICK=1        a small smoke run (10k events, 100k rows, 100k backlog)
 //   BENCH_SECTIONS       comma list of sections to run (claim,drain,ordering,fairness,producer,memory,latency; default all)
 //   BENCH_DRAINS         regular expression selecting drain runs by label (default all)
@@ -41,6 +42,8 @@ const FAIR_BACKLOG = Number(process.env.BENCH_FAIR_BACKLOG ?? (quick ? 10_000 : 
 const TUNING: Record<string, string> = {};
 /** Which drain runs to do (a regular expression over their labels; default all). */
 const DRAINS = new RegExp(process.env.BENCH_DRAINS ?? '.');
+// BENCH_FAIR_SHARES: the fairness runs' OUTBOX_FAIR_SHARE_PERCENT values ('default' leaves it unset).
+const FAIR_SHARES = (process.env.BENCH_FAIR_SHARES ?? 'default,0').split(',').map((v) => (v === 'default' ? undefined : Number(v)));
 const SECTIONS = new Set((process.env.BENCH_SECTIONS ?? 'claim,drain,ordering,fairness,producer,memory,latency').split(','));
 
 const log = (s: string) => process.stderr.write(`${s}\n`);
@@ -118,7 +121,7 @@ async function main() {
     // Per-tenant fairness (ADR 0012): B behind A's backlog, defaults, then the oldest-first claim.
     const fairness: FairnessResult[] = [];
     if (SECTIONS.has('fairness')) {
-      for (const share of [undefined, 0]) {
+      for (const share of FAIR_SHARES) {
         log(`fairness: tenant B behind tenant A's ${FAIR_BACKLOG.toLocaleString()} events, HTTP sink 10 ms, fair share ${share ?? 'default'}`);
         try {
           fairness.push(await fairnessRun(url, FAIR_BACKLOG, share));
@@ -179,7 +182,7 @@ async function main() {
     for (const p of producers) lines.push(`| ${p.name} | ${p.eventsPerSec.toLocaleString()} | ${p.duplicatesDropped} |`);
     if (memory) lines.push('', `Memory: idle RSS ${memory.idleRssMb} MB; while a ${BACKLOG.toLocaleString()} backlog drains (${memory.eventsPerSec.toLocaleString()}/s): max ${memory.maxRssMb} MB, by decile ${memory.rssByDecileMb.join(' ')} MB`);
     if (fairness.length > 0) {
-      lines.push('', 'Per-tenant fairness (tenant B: 100 events at 20/s committed behind tenant A\'s backlog; commit to HTTP receipt):');
+      lines.push('', 'Per-tenant fairness (tenant B: 300 events at 20/s committed behind tenant A\'s backlog; commit to HTTP receipt):');
       lines.push('| run | B p50 ms | B p99 ms | B max ms | A drained per s |', '|---|---|---|---|---|');
       for (const f of fairness) lines.push(`| ${f.name} | ${f.bP50Ms} | ${f.bP99Ms} | ${f.bMaxMs} | ${f.aDrainPerSec.toLocaleString()} |`);
     }

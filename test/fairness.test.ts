@@ -1,8 +1,9 @@
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { claimBatch, claimStatement, type ClaimArgs, type ClaimedRow } from '../src/db/queries/outbox.ts';
-import { fairLane } from '../src/dispatch/dispatcher.ts';
+import { fairLane, TOP_UP_GAP_MS } from '../src/dispatch/dispatcher.ts';
+import { recordingSink, startDaemon } from './support/daemon.ts';
 import { explainNested, planShape, walk, type PlanNode } from './support/explain.ts';
-import { createTestDatabase, keepNeverAnalyzed, type TestDatabase } from './support/db.ts';
+import { createTestDatabase, keepNeverAnalyzed, waitFor, type TestDatabase } from './support/db.ts';
 
 // Per-tenant fairness in the claim (docs/adr/0012-tenant-fairness.md): a share of every claim
 // is taken tenant by tenant, so one tenant's backlog never delays another tenant's events by
@@ -122,6 +123,62 @@ describe('fair lane', () => {
     );
     const rows = await claimBatch(db.workerDb(), args());
     expect(byTenant(rows)).toEqual(new Map([[tenant(1), 100]]));
+  });
+});
+
+describe('between full claims', () => {
+  // Behind a deep backlog the window is full and full claims come only every batch / drain
+  // rate. A NOTIFY then makes a top-up claim of the fair lane's share once that share fits,
+  // so another tenant's new event is claimed without waiting for room for a whole batch.
+  it("a notified event of another tenant is claimed while the window has room only for the fair lane's share", async () => {
+    const batch = 100;
+    const fair = fairLane(batch, 25);
+    // Tenant 1's sends hang until released, so the window stays as full as the test makes it.
+    const gates: (() => void)[] = [];
+    const release = (n: number) => gates.splice(0, n).forEach((open) => open());
+    const sink = recordingSink('test', (e) => (e.restaurantId === tenant(1) ? new Promise<void>((resolve) => gates.push(resolve)) : undefined));
+    await backlog(tenant(1), 1000, 60);
+    const daemon = await startDaemon(db, { sinks: { test: sink }, env: { OUTBOX_BATCH_SIZE: String(batch), OUTBOX_CONCURRENCY: '10' } });
+    const claims = async () => {
+      const { values } = await daemon.metrics.claimBatchSize.get();
+      const sum = values.find((v) => v.metricName === 'outbox_claim_batch_size_sum')!.value;
+      const empty = values.find((v) => v.metricName === 'outbox_claim_batch_size_bucket' && v.labels.le === 0)!.value;
+      const count = values.find((v) => v.metricName === 'outbox_claim_batch_size_count')!.value;
+      return { rows: sum, claims: count - empty };
+    };
+    try {
+      // Window = 10 + 2 x 100: two full claims, then 10 slots free, fewer than a batch.
+      await waitFor(async () => (await claims()).rows === 2 * batch && gates.length === 10, { what: 'two full claims and ten hung sends' });
+      // Finish 30 sends: room for the fair lane's 25, not for a batch. No event arrived, so no claim.
+      for (let i = 0; i < 3; i++) {
+        await waitFor(() => gates.length === 10, { what: 'ten hung sends' });
+        release(10);
+      }
+      await waitFor(() => daemon.dispatcher.held === 2 * batch - 30 && daemon.completer.pending === 0, { what: '30 sends finished and written' });
+      await new Promise((r) => setTimeout(r, 4 * TOP_UP_GAP_MS));
+      expect(await claims()).toEqual({ rows: 2 * batch, claims: 2 });
+
+      // Tenant 2 commits one event: its NOTIFY brings a top-up claim of exactly the fair share.
+      await db.query(`INSERT INTO capacity_outbox (restaurant_id, event_type, payload) VALUES ($1, 'fair.e', '{}')`, [tenant(2)]);
+      await waitFor(async () => (await claims()).claims === 3, { what: 'a third claim', timeoutMs: 10_000 });
+      expect(await claims()).toEqual({ rows: 2 * batch + fair.rows, claims: 3 });
+      const b = await db.query<{ status: string }>('SELECT status FROM capacity_outbox WHERE restaurant_id = $1', [tenant(2)]);
+      expect(b.rows[0]!.status).toBe('processing');
+      // Tenants take turns for send slots: it starts within two freed slots, not behind
+      // tenant 1's 160 queued events.
+      const delivered = () => sink.calls.some((c) => c.event.restaurantId === tenant(2));
+      for (let freed = 1; freed <= 2 && !delivered(); freed++) {
+        const before = sink.calls.length;
+        release(1);
+        await waitFor(() => sink.calls.length > before && gates.length === 10, { what: 'a slot freed and taken' });
+      }
+      expect(delivered()).toBe(true);
+    } finally {
+      release(gates.length);
+      const drain = setInterval(() => release(gates.length), 20);
+      await daemon.stop();
+      clearInterval(drain);
+    }
   });
 });
 
