@@ -98,6 +98,17 @@ describe('circuit breaker', () => {
     expect(changes).toEqual(['open', 'half_open', 'open', 'half_open', 'closed']);
   });
 
+  it('reads half-open once the open period has ended, before any send tries it', () => {
+    const { b, c, changes } = make();
+    for (let i = 0; i < 3; i++) fail(b);
+    c.advance(999);
+    expect(b.state).toBe('open');
+    c.advance(1);
+    expect(b.state).toBe('half_open');
+    expect(changes).toEqual(['open', 'half_open']);
+    expect(b.admit()).toEqual({ send: true, probe: true });
+  });
+
   it('stays open at least as long as a Retry-After asks; aborted sends do not count, event-level rejections count as answers', () => {
     const answered = make().b;
     answered.record({ ok: true }, false); // e.g. HTTP 400: the sink answered

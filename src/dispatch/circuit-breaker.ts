@@ -73,7 +73,13 @@ export class CircuitBreaker {
     this.#probeTimeoutMs = (opts.sendTimeoutMs ?? 60_000) + settings.openMs;
   }
 
+  /**
+   * Read after the open period has ended, the circuit is half-open (its next send probes), even
+   * when no event has come along to try it: `sinks status` and the state gauge (updated by the
+   * replica status reporter's reads) otherwise said `open` for a sink that nothing was holding.
+   */
   get state(): CircuitState {
+    if (this.#state === 'open' && this.#openUntil <= this.#now()) this.#enter('half_open');
     return this.#state;
   }
 
