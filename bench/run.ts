@@ -147,7 +147,14 @@ async function main() {
     const ratio = (n: number) => (bare ? round(n / bare, 2) : 0);
     const claimsOk = (size: number) => {
       const xs = claims.filter((x) => x.rows === size);
-      return { p99Ms: xs.map((x) => x.p99Ms), plans: xs.map((x) => x.plan), met: xs.length === 3 && xs.every((x) => x.p99Ms < 5 && !x.hasSortOrBitmap) };
+      // Met only if both methods agree: rolled-back claims of the same head, and committed claims
+      // from the worker's cursors (claim-latency.ts says what each overstates).
+      return {
+        p99Ms: xs.map((x) => x.p99Ms),
+        committedP99Ms: xs.map((x) => x.committed.p99Ms),
+        plans: xs.map((x) => x.plan),
+        met: xs.length === 3 && xs.every((x) => x.p99Ms < 5 && x.committed.p99Ms < 5 && !x.hasSortOrBitmap),
+      };
     };
     const targets = {
       coldBurstVsGraphile: { value: graphile ? round(cold1 / graphile, 2) : null, target: '>= 1.0', met: graphile > 0 && cold1 / graphile >= 1 },
@@ -168,8 +175,11 @@ async function main() {
 
     const lines: string[] = ['', `outbox-dispatcher benchmark (${new Date().toISOString()}, ${Math.round((Date.now() - started) / 1000)} s)`, ''];
     lines.push('Claim latency (100 rows, worker role, RLS, dedupe triggers):');
-    lines.push('| rows | statistics | due | p50 ms | p99 ms | index rows read | plan |', '|---|---|---|---|---|---|---|');
-    for (const x of claims) lines.push(`| ${x.rows.toLocaleString()} | ${x.state} | ${x.due.toLocaleString()} | ${x.p50Ms} | ${x.p99Ms} | ${x.indexRowsRead} | ${x.plan} |`);
+    lines.push('| rows | statistics | due | p50 ms | p99 ms | committed, worker cursors: p50 / p99 ms (samples) | index rows read | plan |', '|---|---|---|---|---|---|---|---|');
+    for (const x of claims) {
+      const c = `${x.committed.p50Ms} / ${x.committed.p99Ms} (${x.committed.samples})`;
+      lines.push(`| ${x.rows.toLocaleString()} | ${x.state} | ${x.due.toLocaleString()} | ${x.p50Ms} | ${x.p99Ms} | ${c} | ${x.indexRowsRead} | ${x.plan} |`);
+    }
     lines.push('', `Drain ${EVENTS.toLocaleString()} no-op events (ratio = events/s divided by the best bare SQL loop, ${bare.toLocaleString()}/s):`);
     lines.push('| run | events/s | ratio | node CPU µs/event | postgres CPU µs/event | WAL bytes/event | commits/event | max RSS MB |', '|---|---|---|---|---|---|---|---|');
     for (const d of drains) {
