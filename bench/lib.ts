@@ -1,5 +1,5 @@
 // Shared plumbing for `npm run bench`: databases, seeding, process accounting.
-import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { execFile, spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -9,7 +9,7 @@ import { asProducer, insertEvents } from '../src/db/queries/producer.ts';
 import { migrate } from '../src/db/migrator.ts';
 
 /** The built daemon (what the image runs; `npm run bench` builds it first). */
-/** BENCH_MAIN runs another build (e.g. the previous commit's, to compare before/after). */
+/** BENCH_MAIN runs another build (e.g. the previous commit's, to compare before/after), migrated by itself (createBenchDb). */
 export const MAIN = process.env.BENCH_MAIN ?? fileURLToPath(new URL('../dist/main.js', import.meta.url));
 /** V8 flags of the image (Dockerfile NODE_OPTIONS): the defaults people run. BENCH_NODE_FLAGS adds a heap cap. */
 export const NODE_FLAGS = (process.env.BENCH_NODE_FLAGS ?? '--max-semi-space-size=8').split(' ').filter(Boolean);
@@ -36,8 +36,15 @@ function urlFor(base: string, database: string, user?: string): string {
   return u.toString();
 }
 
-/** A fresh, migrated database with least-privilege login roles for worker and producer. */
-export async function createBenchDb(rootUrl: string, label: string): Promise<BenchDb> {
+/**
+ * A fresh, migrated database with least-privilege login roles for worker and producer.
+ * `migrateWith` (default BENCH_MAIN) is the dist/main.js of the build under test: its own
+ * `migrate` command, as the superuser, creates the schema, so an older build runs against the
+ * schema it shipped with (not this checkout's migrations). Without it: this checkout's migrations.
+ * The roles app_background and app_producer exist in every build since migration 0001.
+ */
+export async function createBenchDb(rootUrl: string, label: string, opts: { migrateWith?: string } = {}): Promise<BenchDb> {
+  const migrateWith = opts.migrateWith ?? process.env.BENCH_MAIN;
   const name = `outbox_bench_${label}_${Date.now().toString(36)}`;
   const root = new pg.Client(rootUrl);
   await root.connect();
@@ -46,7 +53,8 @@ export async function createBenchDb(rootUrl: string, label: string): Promise<Ben
   const adminUrl = urlFor(rootUrl, name);
   const admin = new pg.Client(adminUrl);
   await admin.connect();
-  await migrate(admin);
+  if (migrateWith) await migrateWithBuild(migrateWith, adminUrl);
+  else await migrate(admin);
   for (const [role, group] of [[WORKER_ROLE, 'app_background'], [PRODUCER_ROLE, 'app_producer']] as const) {
     await admin.query(`DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '${role}') THEN CREATE ROLE ${role} LOGIN; END IF; END $$`);
     await admin.query(`ALTER ROLE ${role} LOGIN NOSUPERUSER NOBYPASSRLS PASSWORD '${PASSWORD}'`);
@@ -66,6 +74,15 @@ export async function createBenchDb(rootUrl: string, label: string): Promise<Ben
       await r.end();
     },
   };
+}
+
+/** Runs `main migrate` (the build's own CLI and migrations) against `adminUrl`. */
+function migrateWithBuild(main: string, adminUrl: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    execFile(process.execPath, [main, 'migrate'], { env: { PATH: process.env.PATH, HOME: process.env.HOME, DATABASE_URL: adminUrl, LOG_LEVEL: 'warn' } }, (err, _out, stderr) =>
+      err ? reject(new Error(`${main} migrate failed: ${err.message} ${stderr}`)) : resolve(),
+    );
+  });
 }
 
 /** Monthly partitions for the last `months` months (the table's history). */
@@ -131,9 +148,9 @@ export interface WorkerProc {
   stop(): Promise<void>;
 }
 
-/** A dispatcher process; `ready` resolves (performance.now()) when it logs that it runs. */
-export function startWorker(env: Record<string, string>): WorkerProc {
-  const child = spawn(process.execPath, [...NODE_FLAGS, MAIN, 'run'], {
+/** A dispatcher process (of build `main`); `ready` resolves (performance.now()) when it logs that it runs. */
+export function startWorker(env: Record<string, string>, main = MAIN): WorkerProc {
+  const child = spawn(process.execPath, [...NODE_FLAGS, main, 'run'], {
     env: { PATH: process.env.PATH, HOME: process.env.HOME, METRICS_PORT: '0', LOG_LEVEL: 'info', PARTITION_ROTATION: 'false', OUTBOX_BACKLOG_SAMPLE_MS: '0', ...env },
   });
   let out = '';

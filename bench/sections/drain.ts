@@ -135,9 +135,9 @@ export async function dispatcherDrain(
   workers: number,
   sink: 'noop' | 'http',
   tuning: Record<string, string>,
-  opts: { cold?: boolean; label?: string } = {},
+  opts: { cold?: boolean; label?: string; main?: string } = {},
 ): Promise<DrainResult> {
-  const db = await createBenchDb(rootUrl, `drain${workers}${sink}`);
+  const db = await createBenchDb(rootUrl, `drain${workers}${sink}`, { migrateWith: opts.main });
   const receiver = sink === 'http' ? await startReceiver() : undefined;
   try {
     if (opts.cold) {
@@ -149,7 +149,7 @@ export async function dispatcherDrain(
     const routes = receiver ? JSON.stringify({ routes: [{ match: '*', sink: { type: 'http', url: receiver.url, timeoutMs: 5000 } }] }) : NOOP_ROUTES;
     const before = await walAndCommits(db.admin);
     const pgCpu0 = postgresCpuSeconds();
-    const procs = Array.from({ length: workers }, (_, i) => startWorker({ DATABASE_URL: db.workerUrl, OUTBOX_ROUTES: routes, OUTBOX_WORKER_ID: `bench-${i}`, ...tuning }));
+    const procs = Array.from({ length: workers }, (_, i) => startWorker({ DATABASE_URL: db.workerUrl, OUTBOX_ROUTES: routes, OUTBOX_WORKER_ID: `bench-${i}`, ...tuning }, opts.main));
     const readyAt = await Promise.all(procs.map((p) => p.ready));
     const t0 = Math.min(...readyAt);
     const cpu0 = procs.map((p) => cpuSeconds(p.child.pid!));
