@@ -187,6 +187,8 @@ export class Dispatcher implements Service {
       } catch (err) {
         failures++;
         metrics.claimErrors.inc();
+        // Whatever arrived before this claim is still unseen.
+        this.#eventsArrived = true;
         const delay = reconnectDelayMs(failures, 250, 15_000);
         this.#log.error({ err, failures, retryInMs: delay }, 'claiming events failed');
         await sleep(delay, this.#stopLoop.signal);
