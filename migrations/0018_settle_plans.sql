@@ -12,14 +12,15 @@
 -- capacity_outbox_ordering_advance_locked used by the trigger and the settler.
 --
 -- With these settings local to the functions the only plans left are the intended ones: primary-
--- key probes for the batch, one ordering-index descent per key (Merge Append over partitions),
--- nested loops over at most a batch of keys. test/ordering-plans.test.ts checks the executed
--- plans with never-analyzed, stale and fresh statistics.
+-- key probes for the batch, one ordering-index descent per key (Merge Append over partitions).
+-- Hash joins stay allowed: the batch's own key sets (at most a batch each) are compared by hash;
+-- with hash joins off those anti-joins became nested loops of batch x batch comparisons.
+-- test/ordering-plans.test.ts checks the executed plans with never-analyzed, stale and fresh
+-- statistics.
 ALTER FUNCTION outbox_dispatcher.capacity_outbox_ordering_settle_completed(uuid[], timestamptz[])
   SET enable_seqscan = off
   SET enable_sort = off
   SET enable_bitmapscan = off
-  SET enable_hashjoin = off
   SET enable_mergejoin = off
   SET enable_material = off;
 

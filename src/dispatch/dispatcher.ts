@@ -71,6 +71,11 @@ export class Dispatcher implements Service {
   #lastClaimAt = 0;
   /** When a claim last ran the fair lane (see FAIR_LANE_INTERVAL_MS). */
   #lastFairAt = Number.NEGATIVE_INFINITY;
+  /**
+   * How far behind real time the last full claim's oldest-first walk was: its start against the
+   * newest due time its head lane reached (0 after a claim that took everything due).
+   */
+  #headLagMs = Number.POSITIVE_INFINITY;
   /** Sends running now, by sink (`sinks status` through the replica status reporter). */
   readonly #sending = new Map<string, number>();
   #waitingForSlot = false;
@@ -158,12 +163,15 @@ export class Dispatcher implements Service {
       }
       const after = this.#cursor.next();
       const claimedAt = Date.now();
-      // The fair lane serves events the oldest-first walk would reach only behind a backlog:
-      // ones that arrived since the last claim (a producer's NOTIFY, a settled key, a rescue)
-      // and, at least every FAIR_LANE_INTERVAL_MS, anything else (retries coming due, events
-      // committed while notifications were lost). Its tenant probes cost about 13 µs of
-      // PostgreSQL CPU per event when run on every claim of a drain nobody writes to.
-      if (!this.#eventsArrived && claimedAt - this.#lastFairAt < FAIR_LANE_INTERVAL_MS) fairRows = 0;
+      // The fair lane serves events the oldest-first walk would reach only behind a backlog, so
+      // it runs only while the walk is behind (FAIR_LAG_MS), and then for events that arrived
+      // since the last claim (a producer's NOTIFY, a settled key, a rescue) and, at least every
+      // FAIR_LANE_INTERVAL_MS, for anything else (retries coming due, events committed while
+      // notifications were lost). Its tenant probes cost about 13 µs of PostgreSQL CPU per event
+      // when run on every claim; a top-up is always fair.
+      const behind = this.#headLagMs > FAIR_LAG_MS;
+      const fairDue = this.#eventsArrived || claimedAt - this.#lastFairAt >= FAIR_LANE_INTERVAL_MS;
+      if (limit === settings.batchSize && !(behind && fairDue)) fairRows = 0;
       if (fairRows > 0) this.#lastFairAt = claimedAt;
       // Cleared before the claim's snapshot: a NOTIFY during the claim sets it again.
       this.#eventsArrived = false;
@@ -199,7 +207,10 @@ export class Dispatcher implements Service {
       // due just now) says nothing about how far that walk got. Advancing past it made the next
       // claims start a second before now and skip the rest of an old backlog until the next
       // walk from the head: behind a 100k backlog the backlog drained at half its rate.
-      this.#cursor.advance(rows.filter((r) => !r.fair).map((r) => r.due_at), after);
+      const headDue = rows.filter((r) => !r.fair).map((r) => r.due_at);
+      this.#cursor.advance(headDue, after);
+      if (rows.length < limit) this.#headLagMs = 0;
+      else if (headDue.length > 0) this.#headLagMs = claimedAt - Math.max(...headDue.map((d) => d.getTime()));
       if (rows.length > 0) this.#tenantCursor = rows[0]!.tenant_cursor;
       for (const row of rows) this.#schedule(row, claimedAt + settings.leaseMs);
       if (rows.length < limit && !this.#stopLoop.signal.aborted) {
@@ -404,6 +415,14 @@ export const TOP_UP_GAP_MS = 50;
  * pooler) can wait behind another tenant's backlog.
  */
 export const FAIR_LANE_INTERVAL_MS = 1000;
+
+/**
+ * The fair lane runs only while the oldest-first walk is more than this behind real time: a
+ * worker that keeps up reaches every tenant's events within this anyway, and in a drain that
+ * keeps up (every keyed event's successor is due the moment its predecessor is done) the lane
+ * is pure cost. Well under the 200 ms that fairness promises another tenant behind a backlog.
+ */
+export const FAIR_LAG_MS = 100;
 
 /**
  * The fair lane's share of a claim (docs/adr/0012-tenant-fairness.md): `percent` of the batch,
