@@ -1,10 +1,20 @@
-import { jetstream, type JetStreamClient } from '@nats-io/jetstream';
-import { connect, headers, type NatsConnection } from '@nats-io/transport-node';
+import type { JetStreamClient } from '@nats-io/jetstream';
+import type { NatsConnection } from '@nats-io/transport-node';
 import type { NatsSinkConfig } from '../config/routes.ts';
 import type { OutboxEvent } from '../domain/event.ts';
 import { DispatchAbortedError, RetryableDispatchError } from '../domain/dispatch-errors.ts';
 import { SEQUENCE_HEADER, eventBody, renderTemplate } from './event-body.ts';
 import type { Sink, SinkContext } from './types.ts';
+
+/**
+ * The NATS client, imported on first use: a worker whose routes have no NATS sink never loads
+ * it (about 60 modules; docs/performance.md "Memory").
+ */
+let natsClient: Promise<[typeof import('@nats-io/transport-node'), typeof import('@nats-io/jetstream')]> | undefined;
+function loadNatsClient() {
+  natsClient ??= Promise.all([import('@nats-io/transport-node'), import('@nats-io/jetstream')]);
+  return natsClient;
+}
 
 /**
  * Publishes to NATS JetStream and waits for the stream's acknowledgement before the event
@@ -26,6 +36,7 @@ export class NatsSink implements Sink {
 
   #connect(): Promise<{ nc: NatsConnection; js: JetStreamClient }> {
     this.#conn ??= (async () => {
+      const [{ connect }, { jetstream }] = await loadNatsClient();
       const nc = await connect({
         servers: this.#config.servers.split(',').map((s) => s.trim()),
         name: 'outbox-dispatcher',
@@ -50,6 +61,7 @@ export class NatsSink implements Sink {
   async send(event: OutboxEvent, ctx: SinkContext): Promise<void> {
     if (ctx.signal.aborted) throw new DispatchAbortedError('shutdown before publishing');
     const subject = renderTemplate(this.#config.subject, event);
+    const [{ headers }] = await loadNatsClient();
     const h = headers();
     for (const [name, value] of Object.entries(event.headers)) h.set(name, value);
     h.set('Content-Type', 'application/json');

@@ -1,9 +1,19 @@
-import amqp from 'amqplib';
+import type amqp from 'amqplib';
 import type { RabbitMqSinkConfig } from '../config/routes.ts';
 import type { OutboxEvent } from '../domain/event.ts';
 import { DispatchAbortedError, RetryableDispatchError } from '../domain/dispatch-errors.ts';
 import { SEQUENCE_HEADER, eventBody, renderTemplate } from './event-body.ts';
 import type { Sink, SinkContext } from './types.ts';
+
+/**
+ * amqplib, imported on first use: a worker whose routes have no RabbitMQ sink never loads it
+ * (docs/performance.md "Memory").
+ */
+let amqpClient: Promise<typeof import('amqplib')> | undefined;
+function loadAmqpClient(): Promise<typeof import('amqplib')> {
+  amqpClient ??= import('amqplib');
+  return amqpClient;
+}
 
 interface OpenChannel {
   conn: amqp.ChannelModel;
@@ -45,7 +55,8 @@ export class RabbitMqSink implements Sink {
   #open(): Promise<OpenChannel> {
     if (this.#channel) return this.#channel;
     const opening: Promise<OpenChannel> = (async () => {
-      const conn = await amqp.connect(withHeartbeat(this.#config.url, this.#config.heartbeatSeconds ?? 10), {
+      const amqpLib = await loadAmqpClient();
+      const conn = await amqpLib.connect(withHeartbeat(this.#config.url, this.#config.heartbeatSeconds ?? 10), {
         timeout: Math.min(this.timeoutMs, 5000),
         clientProperties: { connection_name: 'outbox-dispatcher' },
       });
