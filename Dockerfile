@@ -17,8 +17,10 @@ FROM ${NODE_IMAGE}
 RUN apt-get update \
  && apt-get install -y --no-install-recommends tini \
  && rm -rf /var/lib/apt/lists/*
-# A small young generation keeps RSS flat (docs/performance.md); add --max-old-space-size
-# sized to (OUTBOX_CONCURRENCY + OUTBOX_BATCH_SIZE) x your largest payloads to cap it.
+# A small young generation keeps RSS flat (docs/performance.md); `run` itself holds old space at
+# 2x the live heap (src/kernel/heap.ts: a V8 flag NODE_OPTIONS does not accept, so it is set in
+# the process; the bench runs dist/main.js the same way). Add --max-old-space-size sized to
+# (OUTBOX_CONCURRENCY + 2 x OUTBOX_BATCH_SIZE) x your largest payloads to cap it.
 ENV NODE_ENV=production \
     METRICS_PORT=9464 \
     NODE_OPTIONS=--max-semi-space-size=8

@@ -7,7 +7,7 @@ import { describe, expect, it } from 'vitest';
 // can never import each other in a circle. src/main.ts is the top (the composition root's
 // entry point); everything else sits in a folder.
 const LAYERS: readonly (readonly string[])[] = [
-  ['kernel'], // Service contract, sleep/jitter, heartbeat, exit codes, logger, version
+  ['kernel'], // Service contract, sleep/jitter, heartbeat, exit codes, logger, version, heap growth
   ['domain'], // the event, outcomes and dead reasons, dispatch errors, event-type pattern, text hygiene
   ['config'],
   ['db'], // pool, migrator, preflight, and db/queries: every SQL statement

@@ -5,6 +5,7 @@ import { databaseFailure } from '../db/errors.ts';
 import { preflight } from '../db/preflight.ts';
 import { Daemon } from '../lifecycle/daemon.ts';
 import { EXIT, StartupError } from '../kernel/exit-codes.ts';
+import { tuneHeapGrowth } from '../kernel/heap.ts';
 import { reconnectDelayMs, sleep } from '../kernel/service.ts';
 import { exitGracefullyOnSignals } from '../lifecycle/signals.ts';
 import { createLogger, redactUrl, type Logger } from '../kernel/log.ts';
@@ -25,6 +26,8 @@ export function loadRunConfig(env: NodeJS.ProcessEnv): { config: EnvConfig; rout
 
 export async function runCommand(env: NodeJS.ProcessEnv = process.env): Promise<void> {
   const { config, routes, tracing } = loadRunConfig(env);
+  // The daemon only: a long-lived process whose old space otherwise fills with promoted garbage.
+  tuneHeapGrowth();
   const log: Logger = createLogger(config.logLevel);
   const sinks = createSinks(routes, log, env);
   const conn = await resolveConnection(config, log, { as: 'dispatcher' });
