@@ -141,14 +141,16 @@ beforeAll(async () => {
   fs.writeFileSync(routesFile, 'routes:\n  - match: "*"\n    sink: { type: log }\n');
 
   // What on-call would find: dead booking events of tenant A, a lease-expired retry, rows in
-  // the default partition (one of them an old dead event past retention).
+  // the default partition (one of them an old dead event in the oldest month retention keeps:
+  // dated from today, so `partitions rotate` moves it and succeeds whatever the date; a fixed
+  // date fell out of the six-month window when the month turned, and rotate rightly refused).
   const ids = await produce(producerUrl, A, [{ type: 'booking.created' }, { type: 'booking.cancelled' }, { type: 'booking.created' }, { type: 'table.held' }]);
   await admin.query(`UPDATE capacity_outbox SET status = 'dead', attempts = 10, last_error = 'exhausted 10/10 attempts: HTTP 503' WHERE id = ANY($1)`, [ids.slice(0, 3)]);
   await admin.query(`UPDATE capacity_outbox SET attempts = 2, last_error = 'lease expired on attempt 2' WHERE id = $1`, [ids[3]]);
   deadIds = ids.slice(0, 3);
   await admin.query(
     `INSERT INTO capacity_outbox (restaurant_id, event_type, payload, status, attempts, last_error, created_at)
-     VALUES ($1, 'booking.created', '{}', 'dead', 10, 'exhausted 10/10 attempts: HTTP 503', '2026-05-15T00:00:00Z'),
+     VALUES ($1, 'booking.created', '{}', 'dead', 10, 'exhausted 10/10 attempts: HTTP 503', date_trunc('month', now()) - interval '6 months' + interval '14 days'),
             ($1, 'late.write', '{}', 'pending', 0, NULL, '2030-01-15T00:00:00Z')`,
     [A],
   );
