@@ -151,6 +151,7 @@ export class Dispatcher implements Service {
       const free = this.#maxHeld - this.#held - this.#d.completer.pending;
       let limit = settings.batchSize;
       let fairRows = this.#fair.rows;
+      let topUpClaim = false;
       if (free < settings.batchSize) {
         const topUp = this.#topUpWaitMs(free);
         if (topUp !== 0) {
@@ -160,6 +161,7 @@ export class Dispatcher implements Service {
           continue;
         }
         limit = fairRows = this.#fair.rows;
+        topUpClaim = true;
       }
       const after = this.#cursor.next();
       const claimedAt = Date.now();
@@ -171,7 +173,7 @@ export class Dispatcher implements Service {
       // when run on every claim; a top-up is always fair.
       const behind = this.#headLagMs > FAIR_LAG_MS;
       const fairDue = this.#eventsArrived || claimedAt - this.#lastFairAt >= FAIR_LANE_INTERVAL_MS;
-      if (limit === settings.batchSize && !(behind && fairDue)) fairRows = 0;
+      if (!topUpClaim && !(behind && fairDue)) fairRows = 0;
       if (fairRows > 0) this.#lastFairAt = claimedAt;
       // Cleared before the claim's snapshot: a NOTIFY during the claim sets it again.
       this.#eventsArrived = false;
