@@ -238,44 +238,48 @@ describe.skipIf(missing)('through PgBouncer in transaction mode', () => {
 });
 
 describe('the login role model (no pooler needed)', () => {
-  it('refuses a login that is also a producer: the producer policy would fail every claim (exit 77, naming the fix)', async () => {
+  /** A login created as `grants` says (its name substituted), handed to `check` with its URL, then dropped. */
+  async function withLogin(prefix: string, grants: (role: string) => string, check: (mine: TestDatabase, role: string, url: string) => Promise<void>) {
     const mine = missing ? await createTestDatabase() : db;
-    const role = `outbox_both_${process.pid}_${Date.now().toString(36)}`;
-    await mine.query(`CREATE ROLE ${role} LOGIN PASSWORD '${TEST_ROLES.password}' IN ROLE app_background, app_producer`);
+    const role = `${prefix}_${process.pid}_${Date.now().toString(36)}`;
+    await mine.query(grants(role));
     try {
       const u = new URL(mine.workerUrl);
       u.username = role;
-      const err = await preflight(u.toString(), { allowPrivilegedRole: false, log }).catch((e: unknown) => e);
-      expect(err).toBeInstanceOf(StartupError);
-      expect((err as StartupError).exitCode).toBe(77);
-      expect((err as Error).message).toContain(`REVOKE app_producer FROM "${role}"`);
-      await mine.query(`REVOKE app_producer FROM ${role}`);
-      await expect(preflight(u.toString(), { allowPrivilegedRole: false, log })).resolves.toEqual({ roleSwitch: false });
+      await check(mine, role, u.toString());
     } finally {
       await mine.query(`DROP ROLE ${role}`);
       if (missing) await mine.drop();
     }
+  }
+
+  /** Preflight refuses the login with exit 77; returns its message. */
+  async function refused(url: string): Promise<string> {
+    const err = await preflight(url, { allowPrivilegedRole: false, log }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(StartupError);
+    expect((err as StartupError).exitCode).toBe(77);
+    return (err as Error).message;
+  }
+
+  const accepted = (url: string) => expect(preflight(url, { allowPrivilegedRole: false, log })).resolves.toEqual({ roleSwitch: false });
+
+  it('refuses a login that is also a producer: the producer policy would fail every claim (exit 77, naming the fix)', async () => {
+    await withLogin('outbox_both', (role) => `CREATE ROLE ${role} LOGIN PASSWORD '${TEST_ROLES.password}' IN ROLE app_background, app_producer`, async (mine, role, url) => {
+      expect(await refused(url)).toContain(`REVOKE app_producer FROM "${role}"`);
+      await mine.query(`REVOKE app_producer FROM ${role}`);
+      await accepted(url);
+    });
   });
 
   it('refuses a member of app_background without INHERIT, naming the fix (exit 77)', async () => {
-    const mine = missing ? await createTestDatabase() : db;
-    const role = `outbox_noinherit_${process.pid}_${Date.now().toString(36)}`;
-    await mine.query(`CREATE ROLE ${role} LOGIN NOINHERIT PASSWORD '${TEST_ROLES.password}' IN ROLE app_background`);
-    try {
-      const u = new URL(mine.workerUrl);
-      u.username = role;
-      const err = await preflight(u.toString(), { allowPrivilegedRole: false, log }).catch((e: unknown) => e);
-      expect(err).toBeInstanceOf(StartupError);
-      expect((err as StartupError).exitCode).toBe(77);
+    await withLogin('outbox_noinherit', (role) => `CREATE ROLE ${role} LOGIN NOINHERIT PASSWORD '${TEST_ROLES.password}' IN ROLE app_background`, async (mine, role, url) => {
+      const message = await refused(url);
       const v16 = Number((await mine.query('SHOW server_version_num')).rows[0].server_version_num) >= 160000;
       const fix = v16 ? `GRANT app_background TO "${role}" WITH INHERIT TRUE` : `ALTER ROLE "${role}" INHERIT`;
-      expect((err as Error).message).toContain(fix);
-      expect((err as Error).message).toMatch(/member of app_background without INHERIT/);
+      expect(message).toContain(fix);
+      expect(message).toMatch(/member of app_background without INHERIT/);
       await mine.query(fix);
-      await expect(preflight(u.toString(), { allowPrivilegedRole: false, log })).resolves.toEqual({ roleSwitch: false });
-    } finally {
-      await mine.query(`DROP ROLE ${role}`);
-      if (missing) await mine.drop();
-    }
+      await accepted(url);
+    });
   });
 });
