@@ -21,7 +21,8 @@ const DOCUMENTED = {
     'outbox_dispatcher.capacity_outbox_notify',
     'outbox_dispatcher.capacity_outbox_ordering_place', // ordering key lock + sequence; only from the insert trigger, own tenant only (ADR 0011)
     'outbox_dispatcher.capacity_outbox_ordering_settle_pending', // the ordering settler (ADR 0011)
-    'outbox_dispatcher.capacity_outbox_ordering_settle_completed', // a completion settles its keyed events' keys in one go (migration 0017, ADR 0011)
+    'outbox_dispatcher.capacity_outbox_ordering_settle_completed', // a completion settles its keyed events' keys in one go (migration 0017, ADR 0011; the previous release's)
+    'outbox_dispatcher.capacity_outbox_ordering_settle_keys', // the same from the keys the completion returned (migration 0019)
     'outbox_dispatcher.capacity_outbox_ordering_skip', // route onDeadHead = skip and `events skip` (ADR 0011)
     'outbox_dispatcher.capacity_outbox_release_claimed_keys', // the claim frees its batch's dedupe keys; only keys of events no longer pending (migration 0012)
     'outbox_dispatcher.capacity_outbox_take_key', // dedupe key for retries/replays; only from a trigger, own tenant only (ADR 0001 revision)

@@ -126,35 +126,44 @@ const STATUS_OF: Record<Outcome['kind'], OutboxStatus> = {
  */
 export async function completeBatch(db: Kysely<Database>, workerId: string, items: Completion[]): Promise<Set<string>> {
   if (items.length === 0) return new Set();
-  const settles = items.filter((c) => c.keyed && (c.outcome.kind === 'done' || c.outcome.kind === 'dead'));
-  if (settles.length === 0) {
+  const settles = items.some((c) => c.keyed && (c.outcome.kind === 'done' || c.outcome.kind === 'dead'));
+  if (!settles) {
     const result = await completionStatement(workerId, items).execute(db);
     return new Set(result.rows.map((r) => r.id));
   }
   // Keyed events finished: their keys are settled in the same transaction, in a few set-based
-  // statements (migration 0017) instead of the row trigger per event, and a dead head whose
+  // statements (migrations 0017, 0019) instead of the row trigger per event, and a dead head whose
   // route says skip is set aside in it too: never a window in which a key is blocked by an
-  // event whose route says skip, or left unsettled.
+  // event whose route says skip, or left unsettled. The completion returns the keys it finished,
+  // so the settle does not read those events again.
   const skips = new Set(items.filter((c) => c.skipKeyIfDead && c.outcome.kind === 'dead').map((c) => c.id));
+  const byId = new Map(items.map((c) => [c.id, c]));
   return db.transaction().execute(async (trx) => {
     await sql`SELECT set_config('outbox_dispatcher.completion_settles_keys', 'on', true)`.execute(trx);
-    const result = await completionStatement(workerId, items).execute(trx);
-    const applied = new Set(result.rows.map((r) => r.id));
-    const settled = settles.filter((c) => applied.has(c.id));
-    // The settle function switches the row trigger back on first; with nothing to settle, do it here.
-    if (settled.length > 0) {
-      await sql`SELECT outbox_dispatcher.capacity_outbox_ordering_settle_completed(
-          ${settled.map((c) => c.id)}::uuid[], ${settled.map((c) => c.createdAtKey)}::timestamptz[])`.execute(trx);
-    } else {
-      await sql`SELECT set_config('outbox_dispatcher.completion_settles_keys', 'off', true)`.execute(trx);
+    const result = await completionStatement(workerId, items, { returnKeys: true }).execute(trx);
+    const doneRestaurants: string[] = [];
+    const doneKeys: string[] = [];
+    const dead: Completion[] = [];
+    for (const row of result.rows) {
+      if (row.ordering_key === null || row.ordering_key === undefined) continue;
+      const item = byId.get(row.id)!;
+      if (item.outcome.kind === 'done') {
+        doneRestaurants.push(row.restaurant_id!);
+        doneKeys.push(row.ordering_key);
+      } else if (item.outcome.kind === 'dead') dead.push(item);
     }
+    // The settle function switches the row trigger back on first; it is called even with
+    // nothing to settle, for that.
+    await sql`SELECT outbox_dispatcher.capacity_outbox_ordering_settle_keys(${doneRestaurants}::uuid[], ${doneKeys}::text[],
+        ${dead.map((c) => c.id)}::uuid[], ${dead.map((c) => c.createdAtKey)}::timestamptz[])`.execute(trx);
+    const applied = new Set(result.rows.map((r) => r.id));
     await skipDeadHeads(trx, [...skips].filter((id) => applied.has(id)), 'route ordering.onDeadHead = skip');
     return applied;
   });
 }
 
 /** The completion statement, unexecuted (for EXPLAIN in tests). */
-export function completionStatement(workerId: string, items: Completion[]) {
+export function completionStatement(workerId: string, items: Completion[], opts: { returnKeys?: boolean } = {}) {
   const ids = items.map((c) => c.id);
   const createdAt = items.map((c) => c.createdAtKey);
   const attempts = items.map((c) => c.attempt);
@@ -165,7 +174,9 @@ export function completionStatement(workerId: string, items: Completion[]) {
   const errors = items.map((c) => ('error' in c.outcome ? safeText(c.outcome.error) : null));
   const released = items.map((c) => c.outcome.kind === 'release');
   // unnest() over parallel arrays has no Kysely builder; this is the one raw statement.
-  return sql<{ id: string }>`
+  // A keyed event's key, for the settle (only when the batch holds keyed events: no extra bytes otherwise).
+  const keys = opts.returnKeys ? sql`, o.restaurant_id, o.ordering_key` : sql``;
+  return sql<{ id: string; restaurant_id?: string; ordering_key?: string | null }>`
     UPDATE capacity_outbox AS o SET
       status          = v.status,
       attempts        = CASE WHEN v.released THEN o.attempts - 1 ELSE o.attempts END,
@@ -188,7 +199,7 @@ export function completionStatement(workerId: string, items: Completion[]) {
       AND (o.status = 'processing') IS TRUE
       AND o.locked_by = ${workerId}
       AND o.attempts = v.attempt
-    RETURNING o.id`;
+    RETURNING o.id${keys}`;
 }
 
 export interface RescueResult {
