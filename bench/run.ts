@@ -12,6 +12,7 @@
 //   BENCH_QUICK=1        a small smoke run (10k events, 100k rows, 100k backlog)
 //   BENCH_SECTIONS       comma list of sections to run (claim,drain,ordering,fairness,producer,memory,latency; default all)
 //   BENCH_DRAINS         regular expression selecting drain runs by label (default all)
+//   BENCH_ORDERING_ROUNDS rounds of the ordering section (default 3; its ratio is the median of the rounds')
 //
 // The dispatcher runs with its defaults everywhere (issue 9: the defaults are what people run);
 // drains of the dispatcher start from the cold burst (keyed, ~200-byte payloads, 20 tenants,
@@ -100,7 +101,7 @@ async function main() {
     if (SECTIONS.has('ordering')) {
       log('ordering: keyed (10,000 keys) vs unkeyed drain, 1 worker, noop');
       try {
-        ordering = await orderingDrain(url, EVENTS, 10_000, TUNING);
+        ordering = await orderingDrain(url, EVENTS, 10_000, TUNING, Number(process.env.BENCH_ORDERING_ROUNDS ?? 3));
       } catch (err) {
         log(`  failed: ${(err as Error).message}`);
       }
@@ -186,7 +187,11 @@ async function main() {
       lines.push(`| ${d.name} | ${d.eventsPerSec.toLocaleString()} | ${ratio(d.eventsPerSec)} | ${d.nodeCpuPerEventUs ?? ''} | ${d.postgresCpuPerEventUs ?? ''} | ${d.walBytesPerEvent ?? ''} | ${d.commitsPerEvent ?? ''} | ${d.maxRssMb ?? ''} |`);
     }
     if (ordering) {
-      lines.push('', `Per-key ordering, ${ordering.events.toLocaleString()} no-op events, 1 worker: unkeyed ${ordering.unkeyedEventsPerSec.toLocaleString()}/s, keyed over ${ordering.keys.toLocaleString()} keys ${ordering.keyedEventsPerSec.toLocaleString()}/s (ratio ${ordering.ratio})`);
+      lines.push('', `Per-key ordering, ${ordering.events.toLocaleString()} no-op events, 1 worker: unkeyed ${ordering.unkeyedEventsPerSec.toLocaleString()}/s, keyed over ${ordering.keys.toLocaleString()} keys ${ordering.keyedEventsPerSec.toLocaleString()}/s (ratio ${ordering.ratio}${ordering.rounds.length > 1 ? `, median of ${ordering.rounds.length} rounds` : ''})`);
+      lines.push('| round | unkeyed/s | keyed/s | ratio | node CPU µs/event unkeyed / keyed | postgres CPU µs/event unkeyed / keyed |', '|---|---|---|---|---|---|');
+      ordering.rounds.forEach((r, i) =>
+        lines.push(`| ${i + 1} | ${r.unkeyed.eventsPerSec.toLocaleString()} | ${r.keyed.eventsPerSec.toLocaleString()} | ${r.ratio} | ${r.unkeyed.nodeCpuPerEventUs} / ${r.keyed.nodeCpuPerEventUs} | ${r.unkeyed.postgresCpuPerEventUs} / ${r.keyed.postgresCpuPerEventUs} |`),
+      );
     }
     lines.push('', 'Producer inserts (producer contract, app_producer, tenant context):', '| run | events/s | duplicates dropped |', '|---|---|---|');
     for (const p of producers) lines.push(`| ${p.name} | ${p.eventsPerSec.toLocaleString()} | ${p.duplicatesDropped} |`);

@@ -7,12 +7,11 @@
 -- of every finished event twice (once for dead heads, once for done ones) to learn what the
 -- completion UPDATE had just written, and found each key row twice (to lock it, then to rewrite
 -- it). This function takes the finished keys from the completion's own RETURNING (done heads) and
--- only dead heads by id, which it still reads to check they are dead (usually none), and rewrites
--- the locked key rows by their ctid (held by the lock: no one else can move them).
+-- only dead heads by id, which it still reads to check they are dead (usually none), and locks the
+-- key rows without rewriting them (see below why a rewrite is not needed here).
 --
--- The rules are 0017's, unchanged: dead heads block their keys; a done head's key lock is taken if
--- free (SKIP LOCKED: the daemon never waits for a producer) and rewritten so a REPEATABLE READ
--- producer that read the key before fails with 40001; a key whose lock a producer holds goes to
+-- The rules are 0017's: dead heads block their keys; a done head's key lock is taken if free
+-- (SKIP LOCKED: the daemon never waits for a producer); a key whose lock a producer holds goes to
 -- the settler; then, in a statement whose snapshot follows the locks, each unblocked key's
 -- lowest-sequence active event is promoted if it waits, or the key's row goes when nothing is
 -- left. Passing a key does not let a caller reorder anything: the head is recomputed under the
@@ -39,7 +38,6 @@ AS $$
 DECLARE
   done_keys   outbox_dispatcher.capacity_outbox_ordering_keys[];
   locked_keys outbox_dispatcher.capacity_outbox_ordering_keys[];
-  key_rows    tid[];
   moved       integer;
 BEGIN
   -- The completion's own UPDATE is over: from here on the row trigger settles again.
@@ -63,19 +61,18 @@ BEGIN
     RETURN 0;
   END IF;
 
-  -- Take every free key lock at once, then rewrite those rows where the lock found them.
-  SELECT array_agg(f.ctid) INTO key_rows
-  FROM (SELECT k.ctid
+  -- Take every free key lock at once. Unlike try_lock (0010) the rows are not rewritten: nothing
+  -- this function does can mislead a REPEATABLE READ producer whose snapshot predates it. It
+  -- promotes a waiting event (which that snapshot still sees as active, and which is active:
+  -- the producer's event rightly queues behind it), deletes the key's row (the producer's lock
+  -- then fails with 40001) or creates it (its insert then fails with 40001); a key whose head is
+  -- still in flight is left as it was. Rewriting 500 key rows was a fifth of a keyed completion.
+  SELECT array_agg(ROW(f.restaurant_id, f.ordering_key)::outbox_dispatcher.capacity_outbox_ordering_keys)
+  INTO locked_keys
+  FROM (SELECT k.restaurant_id, k.ordering_key
         FROM outbox_dispatcher.capacity_outbox_ordering_keys k
         JOIN unnest(done_keys) AS d ON d.restaurant_id = k.restaurant_id AND d.ordering_key = k.ordering_key
         FOR UPDATE OF k SKIP LOCKED) f;
-  WITH taken AS (
-    UPDATE outbox_dispatcher.capacity_outbox_ordering_keys k SET ordering_key = k.ordering_key
-    WHERE k.ctid = ANY (COALESCE(key_rows, '{}'))
-    RETURNING k.restaurant_id, k.ordering_key
-  )
-  SELECT array_agg(ROW(t.restaurant_id, t.ordering_key)::outbox_dispatcher.capacity_outbox_ordering_keys)
-  INTO locked_keys FROM taken t;
   locked_keys := COALESCE(locked_keys, '{}');
 
   -- Keys with no row (not the normal state while a key has an active event): create and hold

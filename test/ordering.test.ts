@@ -216,6 +216,54 @@ describe('overlapping producers of one key', () => {
     await produce(db.producerUrl, t, [{ type: 'e', orderingKey: 'k' }]);
     expect((await rowsOf(db, t, 'k')).map((r) => r.waiting)).toEqual([false, true]);
   });
+
+  // The completion's settle locks key rows without rewriting them (migration 0019). A REPEATABLE
+  // READ producer whose snapshot predates a settle must still never place an event wrongly.
+  async function rrProducerAcross(db: TestDatabase, worker: Kysely<Database>, t: string, queued: number) {
+    await produce(db.producerUrl, t, Array.from({ length: 1 + queued }, () => ({ type: 'e', orderingKey: 'k' })));
+    const [head] = await claimAll(worker);
+    const rr = new pg.Client({ connectionString: db.producerUrl });
+    await rr.connect();
+    try {
+      await rr.query('BEGIN ISOLATION LEVEL REPEATABLE READ');
+      await rr.query('SELECT public.set_restaurant_context($1)', [t]);
+      await rr.query('SELECT count(*) FROM capacity_outbox'); // snapshot: the head still in flight
+      expect(await completeBatch(worker, 'w1', [done(head!)])).toEqual(new Set([head!.id])); // settled after it
+      const inserted = await rr
+        .query(`INSERT INTO capacity_outbox (restaurant_id, event_type, ordering_key) VALUES ($1, 'e', 'k')`, [t])
+        .then(() => rr.query('COMMIT').then(() => 'committed' as const))
+        .catch(async (err: { code?: string }) => {
+          await rr.query('ROLLBACK');
+          return err.code;
+        });
+      return inserted;
+    } finally {
+      await rr.end();
+    }
+  }
+
+  it('a REPEATABLE READ producer across a settle that promoted the next event queues behind it', async ({ db, worker }) => {
+    const t = tenantId();
+    expect(await rrProducerAcross(db, worker, t, 1)).toBe('committed');
+    // Its stale snapshot saw an active event, and there is one: the promoted second.
+    expect((await rowsOf(db, t, 'k')).map((r) => [r.status, r.waiting])).toEqual([
+      ['done', false],
+      ['pending', false],
+      ['pending', true],
+    ]);
+  });
+
+  it('a REPEATABLE READ producer across a settle that emptied the key gets a serialization failure, never a stuck event', async ({ db, worker }) => {
+    const t = tenantId();
+    // Its snapshot saw the head in flight; committed, its event would wait behind a finished one forever.
+    expect(await rrProducerAcross(db, worker, t, 0)).toBe('40001');
+    expect((await db.query('SELECT 1 FROM outbox_dispatcher.capacity_outbox_ordering_keys')).rowCount).toBe(0);
+    await produce(db.producerUrl, t, [{ type: 'e', orderingKey: 'k' }]); // retried: due at once
+    expect((await rowsOf(db, t, 'k')).map((r) => [r.status, r.waiting])).toEqual([
+      ['done', false],
+      ['pending', false],
+    ]);
+  });
 });
 
 describe('dedupe, rescue, partitions', () => {
