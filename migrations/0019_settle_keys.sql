@@ -36,7 +36,6 @@ SET enable_mergejoin = off
 SET enable_material = off
 AS $$
 DECLARE
-  done_keys   outbox_dispatcher.capacity_outbox_ordering_keys[];
   locked_keys outbox_dispatcher.capacity_outbox_ordering_keys[];
   moved       integer;
 BEGIN
@@ -53,11 +52,10 @@ BEGIN
     ON CONFLICT DO NOTHING;
   END IF;
 
-  SELECT array_agg(DISTINCT ROW(d.restaurant_id, d.ordering_key)::outbox_dispatcher.capacity_outbox_ordering_keys)
-  INTO done_keys
-  FROM unnest(p_done_restaurant_ids, p_done_keys) AS d(restaurant_id, ordering_key)
-  WHERE d.restaurant_id IS NOT NULL AND d.ordering_key IS NOT NULL;
-  IF done_keys IS NULL THEN
+  -- The done keys are used as passed. The completer passes each key once; a key passed twice
+  -- is locked, looked up and promoted once all the same (an UPDATE or DELETE changes a row once
+  -- however many rows it joins), so no DISTINCT is paid for here.
+  IF COALESCE(cardinality(p_done_keys), 0) = 0 THEN
     RETURN 0;
   END IF;
 
@@ -71,29 +69,35 @@ BEGIN
   INTO locked_keys
   FROM (SELECT k.restaurant_id, k.ordering_key
         FROM outbox_dispatcher.capacity_outbox_ordering_keys k
-        JOIN unnest(done_keys) AS d ON d.restaurant_id = k.restaurant_id AND d.ordering_key = k.ordering_key
+        JOIN unnest(p_done_restaurant_ids, p_done_keys) AS d(restaurant_id, ordering_key)
+          ON d.restaurant_id = k.restaurant_id AND d.ordering_key = k.ordering_key
         FOR UPDATE OF k SKIP LOCKED) f;
   locked_keys := COALESCE(locked_keys, '{}');
 
-  -- Keys with no row (not the normal state while a key has an active event): create and hold
-  -- them. Keys whose row exists but is held (a producer) go to the settler.
-  WITH missing AS (
-    INSERT INTO outbox_dispatcher.capacity_outbox_ordering_keys (restaurant_id, ordering_key)
-    SELECT d.restaurant_id, d.ordering_key FROM unnest(done_keys) AS d
-    WHERE NOT EXISTS (SELECT 1 FROM unnest(locked_keys) AS l
-                      WHERE l.restaurant_id = d.restaurant_id AND l.ordering_key = d.ordering_key)
-      AND NOT EXISTS (SELECT 1 FROM outbox_dispatcher.capacity_outbox_ordering_keys k
-                      WHERE k.restaurant_id = d.restaurant_id AND k.ordering_key = d.ordering_key)
-    ON CONFLICT DO NOTHING
-    RETURNING restaurant_id, ordering_key
-  )
-  SELECT locked_keys || COALESCE(array_agg(ROW(m.restaurant_id, m.ordering_key)::outbox_dispatcher.capacity_outbox_ordering_keys), '{}')
-  INTO locked_keys FROM missing m;
+  -- Every key locked (the normal case): nothing is missing or held by a producer.
+  IF cardinality(locked_keys) < cardinality(p_done_keys) THEN
+    -- Keys with no row (not the normal state while a key has an active event): create and hold
+    -- them. Keys whose row exists but is held (a producer) go to the settler.
+    WITH missing AS (
+      INSERT INTO outbox_dispatcher.capacity_outbox_ordering_keys (restaurant_id, ordering_key)
+      SELECT d.restaurant_id, d.ordering_key FROM unnest(p_done_restaurant_ids, p_done_keys) AS d(restaurant_id, ordering_key)
+      WHERE d.restaurant_id IS NOT NULL AND d.ordering_key IS NOT NULL
+        AND NOT EXISTS (SELECT 1 FROM unnest(locked_keys) AS l
+                        WHERE l.restaurant_id = d.restaurant_id AND l.ordering_key = d.ordering_key)
+        AND NOT EXISTS (SELECT 1 FROM outbox_dispatcher.capacity_outbox_ordering_keys k
+                        WHERE k.restaurant_id = d.restaurant_id AND k.ordering_key = d.ordering_key)
+      ON CONFLICT DO NOTHING
+      RETURNING restaurant_id, ordering_key
+    )
+    SELECT locked_keys || COALESCE(array_agg(ROW(m.restaurant_id, m.ordering_key)::outbox_dispatcher.capacity_outbox_ordering_keys), '{}')
+    INTO locked_keys FROM missing m;
 
-  INSERT INTO outbox_dispatcher.capacity_outbox_ordering_unsettled (restaurant_id, ordering_key)
-  SELECT d.restaurant_id, d.ordering_key FROM unnest(done_keys) AS d
-  WHERE NOT EXISTS (SELECT 1 FROM unnest(locked_keys) AS l
-                    WHERE l.restaurant_id = d.restaurant_id AND l.ordering_key = d.ordering_key);
+    INSERT INTO outbox_dispatcher.capacity_outbox_ordering_unsettled (restaurant_id, ordering_key)
+    SELECT DISTINCT d.restaurant_id, d.ordering_key FROM unnest(p_done_restaurant_ids, p_done_keys) AS d(restaurant_id, ordering_key)
+    WHERE d.restaurant_id IS NOT NULL AND d.ordering_key IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM unnest(locked_keys) AS l
+                      WHERE l.restaurant_id = d.restaurant_id AND l.ordering_key = d.ordering_key);
+  END IF;
 
   IF cardinality(locked_keys) = 0 THEN
     RETURN 0;

@@ -1,7 +1,7 @@
-import type { Kysely } from 'kysely';
+import { sql, type Kysely } from 'kysely';
 import pg from 'pg';
 import { describe, expect } from 'vitest';
-import { claimBatch, completeBatch, rescueExpiredLeases, type ClaimedRow } from '../src/db/queries/outbox.ts';
+import { claimBatch, completeBatch, completionStatement, rescueExpiredLeases, type ClaimedRow } from '../src/db/queries/outbox.ts';
 import { settlePendingKeys } from '../src/db/queries/ordering.ts';
 import type { Database } from '../src/db/schema.ts';
 import { PermanentDispatchError, RetryableDispatchError } from '../src/domain/dispatch-errors.ts';
@@ -263,6 +263,33 @@ describe('overlapping producers of one key', () => {
       ['done', false],
       ['pending', false],
     ]);
+  });
+});
+
+describe('the batch settle (migration 0019)', () => {
+  it('takes a key passed twice once, and recreates a key row that went missing', async ({ db, worker }) => {
+    const t = tenantId();
+    await produce(db.producerUrl, t, ['dup', 'dup', 'gone', 'gone'].map((k) => ({ type: 'e', orderingKey: k })));
+    const claimed = await claimAll(worker);
+    expect(claimed.map((c) => c.ordering_key).sort()).toEqual(['dup', 'gone']);
+    await db.query(`DELETE FROM outbox_dispatcher.capacity_outbox_ordering_keys WHERE restaurant_id = $1 AND ordering_key = 'gone'`, [t]);
+    const moved = await worker.transaction().execute(async (trx) => {
+      await sql`SELECT set_config('outbox_dispatcher.completion_settles_keys', 'on', true)`.execute(trx);
+      await completionStatement('w1', claimed.map(done)).execute(trx);
+      const r = await sql<{ n: number }>`SELECT outbox_dispatcher.capacity_outbox_ordering_settle_keys(
+          ${[t, t, t]}::uuid[], ${['dup', 'dup', 'gone']}::text[], '{}'::uuid[], '{}'::timestamptz[]) AS n`.execute(trx);
+      return r.rows[0]!.n;
+    });
+    expect(moved).toBe(2);
+    for (const key of ['dup', 'gone']) {
+      expect((await rowsOf(db, t, key)).map((r) => [r.status, r.waiting])).toEqual([
+        ['done', false],
+        ['pending', false],
+      ]);
+    }
+    const keys = await db.query('SELECT ordering_key FROM outbox_dispatcher.capacity_outbox_ordering_keys WHERE restaurant_id = $1 ORDER BY 1', [t]);
+    expect(keys.rows.map((r) => r.ordering_key)).toEqual(['dup', 'gone']);
+    expect((await db.query('SELECT 1 FROM outbox_dispatcher.capacity_outbox_ordering_unsettled')).rowCount).toBe(0);
   });
 });
 

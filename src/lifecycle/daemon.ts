@@ -126,7 +126,14 @@ export class Daemon {
     );
     // A batch of outcomes is written as soon as a claim's worth is ready: the dispatcher's
     // window counts unwritten outcomes, so waiting for more would stall the next claim.
-    this.completer = new Completer(this.db, log, this.metrics, { workerId: d.workerId, heartbeat: completerBeat, maxBatch: Math.min(500, d.batchSize) });
+    // Two writers when the pool leaves room for them beside the claim and the periodic services
+    // (the default 4); with a smaller pool a second writer would only queue for a connection.
+    this.completer = new Completer(this.db, log, this.metrics, {
+      workerId: d.workerId,
+      heartbeat: completerBeat,
+      maxBatch: Math.min(500, d.batchSize),
+      maxWriters: Math.max(1, Math.min(2, config.poolSize - 2)),
+    });
     this.sinkPauses = new SinkPauseWatcher(this.db, log, this.metrics.registry, opts.sinks.keys());
     this.circuits = this.#circuits(config.circuit, opts.sinks.keys());
     this.dispatcher = new Dispatcher({

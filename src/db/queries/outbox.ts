@@ -143,14 +143,19 @@ export async function completeBatch(db: Kysely<Database>, workerId: string, item
     const result = await completionStatement(workerId, items, { returnKeys: true }).execute(trx);
     const doneRestaurants: string[] = [];
     const doneKeys: string[] = [];
+    const seen = new Set<string>();
     const dead: Completion[] = [];
     for (const row of result.rows) {
       if (row.ordering_key === null || row.ordering_key === undefined) continue;
       const item = byId.get(row.id)!;
-      if (item.outcome.kind === 'done') {
-        doneRestaurants.push(row.restaurant_id!);
-        doneKeys.push(row.ordering_key);
-      } else if (item.outcome.kind === 'dead') dead.push(item);
+      if (item.outcome.kind === 'dead') dead.push(item);
+      if (item.outcome.kind !== 'done') continue;
+      // Each key once (two of a key's events done in one batch: a redelivery).
+      const key = `${row.restaurant_id}\u0000${row.ordering_key}`;
+      if (seen.has(key)) continue;
+      seen.add(key);
+      doneRestaurants.push(row.restaurant_id!);
+      doneKeys.push(row.ordering_key);
     }
     // The settle function switches the row trigger back on first; it is called even with
     // nothing to settle, for that.
