@@ -79,6 +79,8 @@ export class Dispatcher implements Service {
   /** Sends running now, by sink (`sinks status` through the replica status reporter). */
   readonly #sending = new Map<string, number>();
   #waitingForSlot = false;
+  /** While waiting for slots: the free slots that would let the loop claim (see #run). */
+  #wakeAtFree = 0;
   #state: DispatcherState = 'idle';
   #loop: Promise<void> | undefined;
   #stopping: Promise<void> | undefined;
@@ -148,13 +150,15 @@ export class Dispatcher implements Service {
       this.#d.heartbeat?.beat(failures === 0);
       // Outcomes not yet written count too: if completions fall behind, claiming slows down
       // instead of buffering outcomes without bound.
-      const free = this.#maxHeld - this.#held - this.#d.completer.pending;
+      const free = this.#free();
       let limit = settings.batchSize;
       let fairRows = this.#fair.rows;
       let topUpClaim = false;
       if (free < settings.batchSize) {
         const topUp = this.#topUpWaitMs(free);
         if (topUp !== 0) {
+          // What a finished send must free to be worth a wake-up (a poke wakes the loop anyway).
+          this.#wakeAtFree = this.#eventsArrived && this.#fair.rows > 0 ? this.#fair.rows : settings.batchSize;
           this.#waitingForSlot = true;
           await this.#wakeup.wait(topUp ?? settings.pollIntervalMs);
           this.#waitingForSlot = false;
@@ -232,6 +236,11 @@ export class Dispatcher implements Service {
     return Math.max(0, this.#lastClaimAt + TOP_UP_GAP_MS - Date.now());
   }
 
+  /** Window slots free: claimed events not finished and outcomes not written both count. */
+  #free(): number {
+    return this.#maxHeld - this.#held - this.#d.completer.pending;
+  }
+
   #schedule(row: ClaimedRow, leaseDeadline: number): void {
     this.#held++;
     this.#d.metrics.inflight.inc();
@@ -241,7 +250,11 @@ export class Dispatcher implements Service {
         this.#held--;
         this.#d.metrics.inflight.dec();
         this.#tasks.delete(task);
-        if (this.#waitingForSlot) this.#wakeup.poke();
+        // A finished event's outcome usually takes its slot in the completer's buffer, leaving
+        // the window as full as before: waking the loop for each of them cost a loop round per
+        // event for nothing. The completer's written batches wake it (onWritten); this wakes it
+        // when an event left without an outcome to write (parked) and freed enough.
+        if (this.#waitingForSlot && this.#free() >= this.#wakeAtFree) this.#wakeup.poke();
       });
     this.#tasks.add(task);
   }
