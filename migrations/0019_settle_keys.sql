@@ -19,7 +19,7 @@
 -- update capacity_outbox anyway; the key tables stay reachable only through these functions.)
 --
 -- capacity_outbox_ordering_settle_completed stays for daemons of the previous release during a
--- rolling upgrade.
+-- rolling upgrade, redefined at the end of this file on top of this one.
 CREATE OR REPLACE FUNCTION outbox_dispatcher.capacity_outbox_ordering_settle_keys(
   p_done_restaurant_ids uuid[],
   p_done_keys           text[],
@@ -140,3 +140,33 @@ END
 $$;
 REVOKE ALL ON FUNCTION outbox_dispatcher.capacity_outbox_ordering_settle_keys(uuid[], text[], uuid[], timestamptz[]) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION outbox_dispatcher.capacity_outbox_ordering_settle_keys(uuid[], text[], uuid[], timestamptz[]) TO app_background;
+
+-- The previous release's entry point (its completer passes the finished events' ids) now reads
+-- what it needs by primary key and applies the same rules through the function above: one
+-- definition of how a batch settles, whichever release calls it.
+CREATE OR REPLACE FUNCTION outbox_dispatcher.capacity_outbox_ordering_settle_completed(p_event_ids uuid[], p_created_at timestamptz[])
+RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off
+SET enable_sort = off
+SET enable_bitmapscan = off
+SET enable_mergejoin = off
+SET enable_material = off
+AS $$
+DECLARE
+  done_r       uuid[];
+  done_k       text[];
+  dead_ids     uuid[];
+  dead_created timestamptz[];
+BEGIN
+  SELECT array_agg(o.restaurant_id) FILTER (WHERE o.status = 'done'), array_agg(o.ordering_key) FILTER (WHERE o.status = 'done'),
+         array_agg(o.id) FILTER (WHERE o.status = 'dead'), array_agg(o.created_at) FILTER (WHERE o.status = 'dead')
+  INTO done_r, done_k, dead_ids, dead_created
+  FROM unnest(p_event_ids, p_created_at) AS e(id, created_at)
+  JOIN public.capacity_outbox o ON o.id = e.id AND o.created_at = e.created_at
+  WHERE o.ordering_key IS NOT NULL AND (o.status IN ('done', 'dead')) IS TRUE;
+  RETURN outbox_dispatcher.capacity_outbox_ordering_settle_keys(
+    COALESCE(done_r, '{}'), COALESCE(done_k, '{}'), COALESCE(dead_ids, '{}'), COALESCE(dead_created, '{}'));
+END
+$$;

@@ -291,6 +291,26 @@ describe('the batch settle (migration 0019)', () => {
     expect(keys.rows.map((r) => r.ordering_key)).toEqual(['dup', 'gone']);
     expect((await db.query('SELECT 1 FROM outbox_dispatcher.capacity_outbox_ordering_unsettled')).rowCount).toBe(0);
   });
+
+  it('the previous release\'s entry point (event ids) settles the same way, through the same function', async ({ db, worker }) => {
+    const t = tenantId();
+    await produce(db.producerUrl, t, ['a', 'a', 'b', 'b', 'c'].map((k) => ({ type: 'e', orderingKey: k })));
+    const claimed = await claimAll(worker);
+    expect(claimed.map((c) => c.ordering_key).sort()).toEqual(['a', 'b', 'c']);
+    const outcomes = claimed.map((c) => (c.ordering_key === 'b' ? { ...done(c), outcome: { kind: 'dead' as const, error: 'x', reason: 'permanent' as const } } : done(c)));
+    await worker.transaction().execute(async (trx) => {
+      await sql`SELECT set_config('outbox_dispatcher.completion_settles_keys', 'on', true)`.execute(trx);
+      await completionStatement('w1', outcomes).execute(trx);
+      await sql`SELECT outbox_dispatcher.capacity_outbox_ordering_settle_completed(${claimed.map((c) => c.id)}::uuid[], ${claimed.map((c) => c.created_at_key)}::timestamptz[])`.execute(trx);
+    });
+    expect((await rowsOf(db, t, 'a')).map((r) => [r.status, r.waiting])).toEqual([['done', false], ['pending', false]]);
+    expect((await rowsOf(db, t, 'b')).map((r) => [r.status, r.waiting])).toEqual([['dead', false], ['pending', true]]); // blocked
+    expect((await rowsOf(db, t, 'c')).map((r) => r.status)).toEqual(['done']);
+    const keys = await db.query('SELECT ordering_key FROM outbox_dispatcher.capacity_outbox_ordering_keys WHERE restaurant_id = $1 ORDER BY 1', [t]);
+    expect(keys.rows.map((r) => r.ordering_key)).toEqual(['a', 'b']); // c gave its row up
+    const blocked = await db.query('SELECT ordering_key FROM outbox_dispatcher.capacity_outbox_ordering_blocked WHERE restaurant_id = $1', [t]);
+    expect(blocked.rows.map((r) => r.ordering_key)).toEqual(['b']);
+  });
 });
 
 describe('dedupe, rescue, partitions', () => {
