@@ -151,7 +151,14 @@ export class Completer implements Service {
       } finally {
         this.#writing -= batch.length;
       }
-      for (const l of this.#drainedListeners) l();
+      for (const l of this.#drainedListeners) {
+        // Outside the write's try: a listener's error is not a failed write (the batch is written).
+        try {
+          l();
+        } catch (err) {
+          this.#log.error({ err }, 'a listener of written outcomes failed');
+        }
+      }
     }
   }
 
