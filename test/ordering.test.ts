@@ -330,6 +330,26 @@ describe('dedupe, rescue, partitions', () => {
     expect((await claimAll(worker)).map((c) => c.id)).toEqual([n]);
   });
 
+  it('a batch holding two outcomes of a redelivered head settles its key by the one applied (review finding)', async ({ db, worker }) => {
+    const t = tenantId();
+    const ids = await produce(db.producerUrl, t, [{ type: 'e', orderingKey: 'k' }, { type: 'e', orderingKey: 'k' }]);
+    const [first] = await claimBatch(worker, { workerId: 'w1', limit: 10, leaseMs: 1, maxPayloadBytes: 1_048_576 });
+    await new Promise((r) => setTimeout(r, 20));
+    await rescueExpiredLeases(worker, { limit: 100, maxAttempts: 10, retryHorizonMs: 0 });
+    const [second] = await claimAll(worker);
+    expect([first!.attempts, second!.attempts, second!.id]).toEqual([1, 2, ids[0]]);
+    // Attempt 2 delivered, then attempt 1's slow send ends in a retry; both in one batch, the stale one last.
+    const applied = await completeBatch(worker, 'w1', [
+      done(second!),
+      { ...done(first!), outcome: { kind: 'retry', delayMs: 0, error: 'HTTP 503' } },
+    ]);
+    expect(applied).toEqual(new Set([ids[0]]));
+    expect((await rowsOf(db, t, 'k')).map((r) => [r.status, r.waiting])).toEqual([
+      ['done', false],
+      ['pending', false], // promoted, not left waiting for good
+    ]);
+  });
+
   it('an expired lease returns the head to pending as the head; the next never overtakes it', async ({ db, worker }) => {
     const t = tenantId();
     const ids = await produce(db.producerUrl, t, [{ type: 'e', orderingKey: 'k' }, { type: 'e', orderingKey: 'k' }]);

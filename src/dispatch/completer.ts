@@ -136,6 +136,7 @@ export class Completer implements Service {
       const batch = this.#buffer.splice(0, this.#maxBatch);
       const unwritten = new Set(batch);
       this.#writing += batch.length;
+      let failed = false;
       try {
         await this.#write(batch, unwritten);
         this.#failures = 0;
@@ -145,19 +146,26 @@ export class Completer implements Service {
         // already written is not written again.
         this.#buffer.unshift(...batch.filter((c) => unwritten.has(c)));
         this.#failures++;
+        failed = true;
         this.#metrics.completionFlushErrors.inc();
         this.#log.error({ err, buffered: this.#buffer.length, failures: this.#failures }, 'writing outcomes failed; will retry');
-        return;
       } finally {
         this.#writing -= batch.length;
       }
-      for (const l of this.#drainedListeners) {
-        // Outside the write's try: a listener's error is not a failed write (the batch is written).
-        try {
-          l();
-        } catch (err) {
-          this.#log.error({ err }, 'a listener of written outcomes failed');
-        }
+      // Whatever was written left the window (a split batch may have written part of itself
+      // before failing): the dispatcher hears of it now, not at its next poll.
+      if (unwritten.size < batch.length) this.#notifyWritten();
+      if (failed) return;
+    }
+  }
+
+  #notifyWritten(): void {
+    for (const l of this.#drainedListeners) {
+      // A listener's error is not a failed write (the outcomes are written).
+      try {
+        l();
+      } catch (err) {
+        this.#log.error({ err }, 'a listener of written outcomes failed');
       }
     }
   }
@@ -228,6 +236,8 @@ export class Completer implements Service {
     }
     this.#stopped = true;
     clearTimeout(this.#timer);
+    // A writer a finishing writer started may still run: let it end before the pool closes.
+    await Promise.all([...this.#writers]);
     if (this.pending > 0) {
       this.#log.error(
         { unwritten: this.pending },

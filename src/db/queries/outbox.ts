@@ -147,9 +147,11 @@ export async function completeBatch(db: Kysely<Database>, workerId: string, item
     const dead: Completion[] = [];
     for (const row of result.rows) {
       if (row.ordering_key === null || row.ordering_key === undefined) continue;
-      const item = byId.get(row.id)!;
-      if (item.outcome.kind === 'dead') dead.push(item);
-      if (item.outcome.kind !== 'done') continue;
+      // By the status the row got, not by an item's outcome: a batch can hold two outcomes of
+      // one event (a redelivery: attempt 2 done, attempt 1's late retry), and only the one whose
+      // attempt matched was applied. Classifying by the other left the key unsettled for good.
+      if (row.status === 'dead') dead.push(byId.get(row.id)!);
+      if (row.status !== 'done') continue;
       // Each key once (two of a key's events done in one batch: a redelivery).
       const key = `${row.restaurant_id}\u0000${row.ordering_key}`;
       if (seen.has(key)) continue;
@@ -179,9 +181,9 @@ export function completionStatement(workerId: string, items: Completion[], opts:
   const errors = items.map((c) => ('error' in c.outcome ? safeText(c.outcome.error) : null));
   const released = items.map((c) => c.outcome.kind === 'release');
   // unnest() over parallel arrays has no Kysely builder; this is the one raw statement.
-  // A keyed event's key, for the settle (only when the batch holds keyed events: no extra bytes otherwise).
-  const keys = opts.returnKeys ? sql`, o.restaurant_id, o.ordering_key` : sql``;
-  return sql<{ id: string; restaurant_id?: string; ordering_key?: string | null }>`
+  // A keyed event's key and new status, for the settle (only when the batch holds keyed events).
+  const keys = opts.returnKeys ? sql`, o.restaurant_id, o.ordering_key, o.status` : sql``;
+  return sql<{ id: string; restaurant_id?: string; ordering_key?: string | null; status?: OutboxStatus }>`
     UPDATE capacity_outbox AS o SET
       status          = v.status,
       attempts        = CASE WHEN v.released THEN o.attempts - 1 ELSE o.attempts END,
