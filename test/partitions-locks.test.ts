@@ -2,12 +2,13 @@ import pg from 'pg';
 import { Registry } from 'prom-client';
 import { describe, expect } from 'vitest';
 import { claimBatch, completeBatch } from '../src/db/queries/outbox.ts';
+import { lockHolders } from '../src/db/queries/partitions.ts';
 import { createLogger } from '../src/kernel/log.ts';
 import { PartitionMetrics } from '../src/metrics/partition-metrics.ts';
 import { PartitionMaintenance } from '../src/partitions/maintenance.ts';
 import { PartitionRotator } from '../src/partitions/rotator.ts';
 import { runCli } from './support/cli.ts';
-import { produce, tenantId, waitFor, type TestDatabase } from './support/db.ts';
+import { createTestDatabase, produce, tenantId, waitFor, type TestDatabase } from './support/db.ts';
 import { metricTotal } from './support/metrics.ts';
 import { it } from './support/fixtures.ts';
 
@@ -64,6 +65,24 @@ describe('rotation DDL behind a long transaction (repro 06)', () => {
     const again = await new PartitionRotator(db.workerDb(), log).runOnce();
     expect(again.tables[0]!.deferred).toEqual([]);
     expect(again.tables[0]!.created).toEqual([monthStart(3)]);
+  });
+
+  it('names only holders in its own database (relation ids repeat across databases cloned from one template)', async ({ db }) => {
+    const other = await createTestDatabase(); // same template: the same relation ids
+    const elsewhere = await longReader(other);
+    const here = await longReader(db);
+    try {
+      const pidOf = async (c: pg.Client) => (await c.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0]!.pid;
+      const holders = new Set((await lockHolders(db.workerDb(), 'public.capacity_outbox')).map((h) => h.pid));
+      expect(holders.has(await pidOf(here))).toBe(true);
+      expect(holders.has(await pidOf(elsewhere))).toBe(false);
+    } finally {
+      for (const c of [elsewhere, here]) {
+        await c.query('ROLLBACK');
+        await c.end();
+      }
+      await other.drop();
+    }
   });
 
   it('partitions rotate exits 75 with a DEFERRED line; the metric counts a deferred run and last success does not move', async ({ db }) => {

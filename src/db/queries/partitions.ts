@@ -70,6 +70,9 @@ export async function lockHolders(db: Kysely<Database>, table: string): Promise<
            round(extract(epoch FROM now() - a.xact_start))::int AS xact_seconds
     FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
     WHERE l.granted AND l.locktype = 'relation' AND l.pid <> pg_backend_pid()
+      -- pg_locks spans the cluster, and relation OIDs repeat across databases cloned from one
+      -- template: without this, another database's sessions were named as holders.
+      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
       AND (l.relation = to_regclass(${table})
            OR l.relation IN (SELECT inhrelid FROM pg_inherits WHERE inhparent = to_regclass(${table})))
     ORDER BY a.xact_start NULLS LAST, l.pid
