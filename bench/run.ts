@@ -12,7 +12,7 @@
 //   BENCH_QUICK=1        a small smoke run (10k events, 100k rows, 100k backlog)
 //   BENCH_SECTIONS       comma list of sections to run (claim,drain,ordering,fairness,producer,memory,latency; default all)
 //   BENCH_DRAINS         regular expression selecting drain runs by label (default all)
-//   BENCH_ORDERING_ROUNDS rounds of the ordering section (default 3; its ratio is the median of the rounds')
+//   BENCH_ORDERING_ROUNDS rounds of the ordering section (default 5, 1 with BENCH_QUICK; its ratio is the median of the rounds')
 //
 // The dispatcher runs with its defaults everywhere (issue 9: the defaults are what people run);
 // drains of the dispatcher start from the cold burst (keyed, ~200-byte payloads, 20 tenants,
@@ -101,7 +101,7 @@ async function main() {
     if (SECTIONS.has('ordering')) {
       log('ordering: keyed (10,000 keys) vs unkeyed drain, 1 worker, noop');
       try {
-        ordering = await orderingDrain(url, EVENTS, 10_000, TUNING, Number(process.env.BENCH_ORDERING_ROUNDS ?? 3));
+        ordering = await orderingDrain(url, EVENTS, 10_000, TUNING, Number(process.env.BENCH_ORDERING_ROUNDS ?? (quick ? 1 : 5)));
       } catch (err) {
         log(`  failed: ${(err as Error).message}`);
       }

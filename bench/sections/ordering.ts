@@ -2,7 +2,7 @@
 // the throughput settings, once unkeyed and once with every event keyed over `keys` keys
 // (one event per key in flight, the next promoted by the completion). Reported as a ratio.
 //
-// Rounds (BENCH_ORDERING_ROUNDS, default 3 in bench/run.ts) alternate the two drains, the order flipped every round;
+// Rounds (BENCH_ORDERING_ROUNDS, default 5 in bench/run.ts) alternate the two drains, the order flipped every round;
 // the ratio reported is the median of the rounds' own ratios (a keyed drain of 100,000 events
 // takes about 7 s, and single runs on this machine varied by a fifth).
 import pg from 'pg';
