@@ -24,7 +24,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { MAIN, round } from './lib.ts';
+import { MAIN, median, round } from './lib.ts';
 import { dispatcherDrain, type DrainResult } from './sections/drain.ts';
 
 const url = process.env.BENCH_DATABASE_URL;
@@ -50,11 +50,6 @@ if (process.env.BENCH_CURRENT_EXTRA) {
 }
 
 const log = (s: string) => process.stderr.write(`${s}\n`);
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
-};
-
 interface Row {
   workload: string;
   round: number;

@@ -6,7 +6,7 @@
 // the ratio reported is the median of the rounds' own ratios (a keyed drain of 100,000 events
 // takes about 7 s, and single runs on this machine varied by a fifth).
 import pg from 'pg';
-import { cpuSeconds, createBenchDb, postgresCpuSeconds, round, startWorker, waitUntilDrained } from '../lib.ts';
+import { cpuSeconds, createBenchDb, median, postgresCpuSeconds, round, startWorker, waitUntilDrained } from '../lib.ts';
 
 export interface OrderingRun {
   eventsPerSec: number;
@@ -66,11 +66,6 @@ async function drain(rootUrl: string, events: number, keys: number | null, tunin
     await db.drop();
   }
 }
-
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
-};
 
 export async function orderingDrain(rootUrl: string, events: number, keys: number, tuning: Record<string, string>, rounds = 1): Promise<OrderingDrainResult> {
   const done: OrderingRound[] = [];

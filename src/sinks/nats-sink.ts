@@ -16,6 +16,13 @@ function loadNatsClient() {
   return natsClient;
 }
 
+interface NatsSession {
+  nc: NatsConnection;
+  js: JetStreamClient;
+  /** The client's header constructor (the module is loaded with the connection). */
+  headers: typeof import('@nats-io/transport-node').headers;
+}
+
 /**
  * Publishes to NATS JetStream and waits for the stream's acknowledgement before the event
  * counts as delivered. The event id is the `Nats-Msg-Id`, so JetStream's duplicate window
@@ -26,7 +33,7 @@ export class NatsSink implements Sink {
   readonly name: string;
   readonly timeoutMs: number;
   readonly #config: NatsSinkConfig;
-  #conn: Promise<{ nc: NatsConnection; js: JetStreamClient }> | undefined;
+  #conn: Promise<NatsSession> | undefined;
 
   constructor(name: string, config: NatsSinkConfig) {
     this.name = name;
@@ -34,9 +41,9 @@ export class NatsSink implements Sink {
     this.#config = config;
   }
 
-  #connect(): Promise<{ nc: NatsConnection; js: JetStreamClient }> {
+  #connect(): Promise<NatsSession> {
     this.#conn ??= (async () => {
-      const [{ connect }, { jetstream }] = await loadNatsClient();
+      const [{ connect, headers }, { jetstream }] = await loadNatsClient();
       const nc = await connect({
         servers: this.#config.servers.split(',').map((s) => s.trim()),
         name: 'outbox-dispatcher',
@@ -46,7 +53,7 @@ export class NatsSink implements Sink {
         reconnectTimeWait: 500,
       });
       nc.closed().then(() => (this.#conn = undefined));
-      return { nc, js: jetstream(nc, { timeout: this.timeoutMs }) };
+      return { nc, js: jetstream(nc, { timeout: this.timeoutMs }), headers };
     })().catch((err: unknown) => {
       this.#conn = undefined;
       throw err;
@@ -61,16 +68,15 @@ export class NatsSink implements Sink {
   async send(event: OutboxEvent, ctx: SinkContext): Promise<void> {
     if (ctx.signal.aborted) throw new DispatchAbortedError('shutdown before publishing');
     const subject = renderTemplate(this.#config.subject, event);
-    const [{ headers }] = await loadNatsClient();
-    const h = headers();
-    for (const [name, value] of Object.entries(event.headers)) h.set(name, value);
-    h.set('Content-Type', 'application/json');
-    h.set('X-Outbox-Event-Type', event.eventType);
-    h.set('X-Restaurant-Id', event.restaurantId);
-    h.set('X-Outbox-Attempt', String(event.attempt));
-    if (event.sequence !== null) h.set(SEQUENCE_HEADER, event.sequence);
     try {
-      const { js } = await this.#connect();
+      const { js, headers } = await this.#connect();
+      const h = headers();
+      for (const [name, value] of Object.entries(event.headers)) h.set(name, value);
+      h.set('Content-Type', 'application/json');
+      h.set('X-Outbox-Event-Type', event.eventType);
+      h.set('X-Restaurant-Id', event.restaurantId);
+      h.set('X-Outbox-Attempt', String(event.attempt));
+      if (event.sequence !== null) h.set(SEQUENCE_HEADER, event.sequence);
       await js.publish(subject, JSON.stringify(eventBody(event)), { msgID: event.id, timeout: this.timeoutMs, headers: h });
     } catch (err) {
       if (ctx.signal.aborted) throw new DispatchAbortedError('shutdown interrupted the publish');
