@@ -82,17 +82,18 @@ describe('tenant scope for work done on an event’s behalf', () => {
   });
 });
 
-describe('tenancy helpers', () => {
-  async function asWorker<T>(db: TestDatabase, fn: (c: pg.Client) => Promise<T>): Promise<T> {
-    const c = new pg.Client({ connectionString: db.workerUrl, options: '-c role=app_background' });
-    await c.connect();
-    try {
-      return await fn(c);
-    } finally {
-      await c.end();
-    }
+/** A session of the daemon's login as app_background, closed afterwards. */
+async function asWorker<T>(db: TestDatabase, fn: (c: pg.Client) => Promise<T>): Promise<T> {
+  const c = new pg.Client({ connectionString: db.workerUrl, options: '-c role=app_background' });
+  await c.connect();
+  try {
+    return await fn(c);
+  } finally {
+    await c.end();
   }
+}
 
+describe('tenancy helpers', () => {
   it('require_restaurant_context() raises without a tenant (42501)', async ({ notesDb: db }) => {
     await asWorker(db, async (c) => {
       const err = await c.query('SELECT * FROM tenant_notes').catch((e: unknown) => e);
@@ -148,6 +149,49 @@ describe('tenancy helpers', () => {
       await expect(c.query("UPDATE capacity_outbox SET payload = '{}'")).rejects.toThrow(/permission denied/);
       await expect(c.query('DELETE FROM capacity_outbox')).rejects.toThrow(/permission denied/);
       await expect(c.query('SELECT * FROM outbox_dispatcher.capacity_outbox_active_keys')).rejects.toThrow(/permission denied/);
+    });
+  });
+});
+
+// Migration 0020: the helpers every policy and every insert calls are inlined by the planner
+// (no SET clause), and their SQL-standard bodies were bound when they were created, so a
+// caller's search_path cannot put its own current_setting() in front of the real one.
+describe('helpers on the hot path', () => {
+  it('current_restaurant_id() and uuid_v7() are inlined, not called', async ({ notesDb: db }) => {
+    await asWorker(db, async (c) => {
+      const plan = async (q: string) => (await c.query(`EXPLAIN (VERBOSE, COSTS OFF) ${q}`)).rows.map((r) => r['QUERY PLAN']).join('\n');
+      const tenant = await plan('SELECT public.current_restaurant_id()');
+      expect(tenant).toMatch(/current_setting\('app\.restaurant_id'::text, true\)/);
+      expect(tenant).not.toMatch(/current_restaurant_id/);
+      const id = await plan('SELECT outbox_dispatcher.uuid_v7()');
+      expect(id).toMatch(/gen_random_uuid\(\)/);
+      expect(id).not.toMatch(/uuid_v7/);
+      // The RLS policy's InitPlan reads the setting directly.
+      expect(await plan('SELECT id FROM capacity_outbox')).not.toMatch(/current_restaurant_id/);
+      const { rows } = await c.query('SELECT outbox_dispatcher.uuid_v7()::text AS id');
+      expect(rows[0].id).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
+    });
+  });
+
+  it('a hostile search_path cannot change which tenant current_restaurant_id() returns', async ({ notesDb: db }) => {
+    await db.query(`
+      CREATE SCHEMA IF NOT EXISTS hostile;
+      CREATE OR REPLACE FUNCTION hostile.current_setting(text, boolean) RETURNS text LANGUAGE sql AS $$ SELECT '${B}'::text $$;
+      GRANT USAGE ON SCHEMA hostile TO PUBLIC;
+      GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA hostile TO PUBLIC;`);
+    await produce(db.producerUrl, A, [{ type: 'hostile.a' }]);
+    await produce(db.producerUrl, B, [{ type: 'hostile.b' }]);
+    await asWorker(db, async (c) => {
+      await c.query('SET search_path = hostile, pg_catalog, public');
+      // The hostile function is what an unqualified call now finds...
+      expect((await c.query("SELECT current_setting('app.restaurant_id', true) AS v")).rows[0].v).toBe(B);
+      await c.query('BEGIN');
+      await c.query('SELECT public.set_restaurant_context($1)', [A]);
+      // ...but not what the helper, the policy or the inlined expression use.
+      expect((await c.query('SELECT public.current_restaurant_id() AS t')).rows[0].t).toBe(A);
+      const seen = await c.query("SELECT DISTINCT restaurant_id FROM public.capacity_outbox WHERE event_type LIKE 'hostile.%'");
+      expect(seen.rows.map((r) => r.restaurant_id)).toEqual([A]);
+      await c.query('ROLLBACK');
     });
   });
 });
