@@ -1,7 +1,7 @@
 import { sql, type Kysely } from 'kysely';
 import pg from 'pg';
 import { describe, expect } from 'vitest';
-import { claimBatch, completeBatch, completionStatement, rescueExpiredLeases, type ClaimedRow } from '../src/db/queries/outbox.ts';
+import { claimBatch, completeBatch, completionStatement, rescueExpiredLeases, settledCompletionStatement, type ClaimedRow } from '../src/db/queries/outbox.ts';
 import { settlePendingKeys } from '../src/db/queries/ordering.ts';
 import type { Database } from '../src/db/schema.ts';
 import { PermanentDispatchError, RetryableDispatchError } from '../src/domain/dispatch-errors.ts';
@@ -310,6 +310,61 @@ describe('the batch settle (migration 0019)', () => {
     expect(keys.rows.map((r) => r.ordering_key)).toEqual(['a', 'b']); // c gave its row up
     const blocked = await db.query('SELECT ordering_key FROM outbox_dispatcher.capacity_outbox_ordering_blocked WHERE restaurant_id = $1', [t]);
     expect(blocked.rows.map((r) => r.ordering_key)).toEqual(['b']);
+  });
+});
+
+describe('the completion and its settle in one statement', () => {
+  it('settles every finished key once, through the batch settle and never the row trigger, in one round trip', async ({ db, worker }) => {
+    const t = tenantId();
+    await produce(db.producerUrl, t, ['a', 'a', 'b', 'b', 'c', 'd', 'd'].map((k) => ({ type: 'e', orderingKey: k })));
+    const claimed = await claimAll(worker);
+    expect(claimed.map((c) => c.ordering_key).sort()).toEqual(['a', 'b', 'c', 'd']);
+    const outcomes = claimed.map((c) =>
+      c.ordering_key === 'b' ? { ...done(c), outcome: { kind: 'dead' as const, error: 'x', reason: 'permanent' as const } }
+      : c.ordering_key === 'd' ? { ...done(c), outcome: { kind: 'retry' as const, delayMs: 0, error: 'HTTP 503' } }
+      : done(c));
+    // Function call counts of this transaction (track_functions is a superuser setting, so this
+    // session runs the worker's statement as the owner; the worker's own runs are the tests above).
+    const q = settledCompletionStatement('w1', outcomes).compile(worker);
+    const c = new pg.Client(db.adminUrl);
+    await c.connect();
+    try {
+      await c.query("SET track_functions = 'pl'");
+      await c.query('BEGIN');
+      const r = await c.query(q.sql, q.parameters as unknown[]);
+      expect(r.rows.map((x) => x.id).sort()).toEqual(claimed.map((x) => x.id).sort());
+      const calls = await c.query(`SELECT
+          COALESCE(pg_stat_get_xact_function_calls('outbox_dispatcher.capacity_outbox_ordering_settle()'::regprocedure), 0)::int AS row_trigger,
+          pg_stat_get_xact_function_calls('outbox_dispatcher.capacity_outbox_ordering_settle_keys(uuid[],text[],uuid[],timestamptz[])'::regprocedure)::int AS batch,
+          current_setting('outbox_dispatcher.completion_settles_keys', true) AS flag`);
+      expect(calls.rows[0]).toEqual({ row_trigger: 0, batch: 1, flag: 'off' });
+      await c.query('COMMIT');
+    } finally {
+      await c.end();
+    }
+    expect((await rowsOf(db, t, 'a')).map((r) => [r.status, r.waiting])).toEqual([['done', false], ['pending', false]]);
+    expect((await rowsOf(db, t, 'b')).map((r) => [r.status, r.waiting])).toEqual([['dead', false], ['pending', true]]); // blocked
+    expect((await rowsOf(db, t, 'c')).map((r) => r.status)).toEqual(['done']);
+    expect((await rowsOf(db, t, 'd')).map((r) => [r.status, r.waiting])).toEqual([['pending', false], ['pending', true]]); // the head retries
+    const keys = await db.query('SELECT ordering_key FROM outbox_dispatcher.capacity_outbox_ordering_keys WHERE restaurant_id = $1 ORDER BY 1', [t]);
+    expect(keys.rows.map((r) => r.ordering_key)).toEqual(['a', 'b', 'd']); // c gave its row up
+    const blocked = await db.query('SELECT ordering_key FROM outbox_dispatcher.capacity_outbox_ordering_blocked WHERE restaurant_id = $1', [t]);
+    expect(blocked.rows.map((r) => r.ordering_key)).toEqual(['b']);
+  });
+
+  it('is what completeBatch runs as the daemon\'s login: outcomes written, next events due, nothing left unsettled', async ({ db, worker }) => {
+    const t = tenantId();
+    await produce(db.producerUrl, t, ['a', 'a', 'a', 'b', 'b'].map((k) => ({ type: 'e', orderingKey: k })));
+    for (let round = 0; round < 3; round++) {
+      const claimed = await claimAll(worker);
+      if (claimed.length === 0) break;
+      const applied = await completeBatch(worker, 'w1', claimed.map((c) => ({ ...done(c), keyed: true })));
+      expect(applied.size).toBe(claimed.length);
+    }
+    expect((await rowsOf(db, t, 'a')).map((r) => r.status)).toEqual(['done', 'done', 'done']);
+    expect((await rowsOf(db, t, 'b')).map((r) => r.status)).toEqual(['done', 'done']);
+    expect((await db.query('SELECT 1 FROM outbox_dispatcher.capacity_outbox_ordering_keys WHERE restaurant_id = $1', [t])).rowCount).toBe(0);
+    expect((await db.query('SELECT 1 FROM outbox_dispatcher.capacity_outbox_ordering_unsettled')).rowCount).toBe(0);
   });
 });
 

@@ -137,6 +137,11 @@ export async function completeBatch(db: Kysely<Database>, workerId: string, item
   // event whose route says skip, or left unsettled. The completion returns the keys it finished,
   // so the settle does not read those events again.
   const skips = new Set(items.filter((c) => c.skipKeyIfDead && c.outcome.kind === 'dead').map((c) => c.id));
+  if (skips.size === 0) {
+    // The usual case: outcomes and settle in one statement, one round trip (settledCompletionStatement).
+    const result = await settledCompletionStatement(workerId, items).execute(db);
+    return new Set(result.rows.map((r) => r.id));
+  }
   const byId = new Map(items.map((c) => [c.id, c]));
   return db.transaction().execute(async (trx) => {
     await sql`SELECT set_config('outbox_dispatcher.completion_settles_keys', 'on', true)`.execute(trx);
@@ -169,8 +174,35 @@ export async function completeBatch(db: Kysely<Database>, workerId: string, item
   });
 }
 
+/**
+ * The completion and the settle of the keys it finished, as one statement (one round trip, no
+ * key arrays through the worker): the UPDATE returns each row's key and new status, and the
+ * settle (migration 0019) aggregates that RETURNING, so it runs once, after every row is
+ * written. It is VOLATILE, so its statements take snapshots that see this statement's UPDATE:
+ * the same pattern as the claim's key release (migration 0012). The row trigger stands aside
+ * while the UPDATE runs: `flag` is joined into the UPDATE, so the setting is on before the
+ * first row changes (an AFTER ROW trigger's WHEN is evaluated as each row changes), and the
+ * settle switches it off again first thing. Keys are classified by the status each row got
+ * (a batch may hold two outcomes of a redelivered event; only the one whose attempt matched
+ * was applied). A key finished twice in one batch is passed twice, which the settle allows.
+ */
+export function settledCompletionStatement(workerId: string, items: Completion[]) {
+  const update = completionStatement(workerId, items, { returnKeys: true, joinFlag: true });
+  return sql<{ id: string }>`
+    WITH flag AS (SELECT set_config('outbox_dispatcher.completion_settles_keys', 'on', true) AS flag_on),
+    c AS (${update}),
+    settled AS (
+      SELECT outbox_dispatcher.capacity_outbox_ordering_settle_keys(
+               COALESCE(array_agg(c.restaurant_id) FILTER (WHERE c.status = 'done' AND c.ordering_key IS NOT NULL), '{}'),
+               COALESCE(array_agg(c.ordering_key) FILTER (WHERE c.status = 'done' AND c.ordering_key IS NOT NULL), '{}'),
+               COALESCE(array_agg(c.id) FILTER (WHERE c.status = 'dead' AND c.ordering_key IS NOT NULL), '{}'),
+               COALESCE(array_agg(c.created_at) FILTER (WHERE c.status = 'dead' AND c.ordering_key IS NOT NULL), '{}')) AS moved
+      FROM c)
+    SELECT c.id FROM settled CROSS JOIN c`;
+}
+
 /** The completion statement, unexecuted (for EXPLAIN in tests). */
-export function completionStatement(workerId: string, items: Completion[], opts: { returnKeys?: boolean } = {}) {
+export function completionStatement(workerId: string, items: Completion[], opts: { returnKeys?: boolean; joinFlag?: boolean } = {}) {
   const ids = items.map((c) => c.id);
   const createdAt = items.map((c) => c.createdAtKey);
   const attempts = items.map((c) => c.attempt);
@@ -182,7 +214,8 @@ export function completionStatement(workerId: string, items: Completion[], opts:
   const released = items.map((c) => c.outcome.kind === 'release');
   // unnest() over parallel arrays has no Kysely builder; this is the one raw statement.
   // A keyed event's key and new status, for the settle (only when the batch holds keyed events).
-  const keys = opts.returnKeys ? sql`, o.restaurant_id, o.ordering_key, o.status` : sql``;
+  const keys = opts.returnKeys ? sql`, o.created_at, o.restaurant_id, o.ordering_key, o.status` : sql``;
+  const flag = opts.joinFlag ? sql`, flag` : sql``;
   return sql<{ id: string; restaurant_id?: string; ordering_key?: string | null; status?: OutboxStatus }>`
     UPDATE capacity_outbox AS o SET
       status          = v.status,
@@ -196,7 +229,7 @@ export function completionStatement(workerId: string, items: Completion[], opts:
       locked_until    = NULL
     FROM unnest(${ids}::uuid[], ${createdAt}::timestamptz[], ${attempts}::int[], ${statuses}::text[],
                 ${delays}::bigint[], ${errors}::text[], ${released}::boolean[])
-         AS v(id, created_at, attempt, status, delay_ms, error, released)
+         AS v(id, created_at, attempt, status, delay_ms, error, released)${flag}
     WHERE o.id = v.id
       AND o.created_at = v.created_at
       -- Written so that no index can serve it: each row is found through the primary key.
