@@ -150,6 +150,24 @@ describe('claim plan with a large due backlog', { timeout: 300_000 }, () => {
   });
 });
 
+describe('functions with pinned plans', () => {
+  // Migration 0021: a plan that cannot avoid a disabled method costs over 1e10, far above
+  // jit_above_cost, and would be JIT-compiled at every execution (about half a second each).
+  it('switch JIT off wherever they switch planner methods off', async () => {
+    const { rows } = await db.query<{ fn: string; config: string[] }>(
+      `SELECT p.oid::regprocedure::text AS fn, p.proconfig AS config
+       FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+       WHERE n.nspname IN ('public', 'outbox_dispatcher')
+         AND EXISTS (SELECT 1 FROM unnest(p.proconfig) c WHERE c LIKE 'enable\\_%')`,
+    );
+    expect(rows.map((r) => r.fn)).toEqual(expect.arrayContaining([
+      expect.stringMatching(/^outbox_dispatcher\.claim_batch\(/),
+      expect.stringMatching(/^outbox_dispatcher\.capacity_outbox_ordering_settle_keys\(/),
+    ]));
+    expect(rows.filter((r) => !r.config.includes('jit=off')).map((r) => r.fn)).toEqual([]);
+  });
+});
+
 describe('claim cursor', () => {
   it('walks from the head first, then behind the last claim, and from the head again every interval', () => {
     let now = 0;
