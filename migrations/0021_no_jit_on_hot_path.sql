@@ -2,7 +2,7 @@
 -- "Functions on the claim path").
 --
 -- These functions pin their plans by disabling sorts, bitmaps, sequential scans and some joins
--- (migrations 0004, 0010, 0014, 0018, 0019). When a plan cannot avoid a disabled method (a
+-- (migrations 0004, 0010, 0012, 0014, 0018, 0019). When a plan cannot avoid a disabled method (a
 -- partition without the index the walk expects, say), PostgreSQL keeps it and adds 1e10 to its
 -- cost, and that cost is far above jit_above_cost (100,000 by default, and JIT is on by default
 -- wherever the server is built with LLVM, Supabase included): every execution of the statement

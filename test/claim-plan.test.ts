@@ -1,6 +1,6 @@
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { claimBatch, claimStatement, completeBatch, completionStatement } from '../src/db/queries/outbox.ts';
+import { claimBatch, claimStatement, completeBatch, completionStatement, settledCompletionStatement } from '../src/db/queries/outbox.ts';
 import { ClaimCursor } from '../src/dispatch/claim-cursor.ts';
 import { explainNested, planShape, walk, type NestedPlan, type PlanNode } from './support/explain.ts';
 import { createTestDatabase, keepNeverAnalyzed, type TestDatabase } from './support/db.ts';
@@ -91,14 +91,17 @@ describe('claim plan with a large due backlog', { timeout: 300_000 }, () => {
     }
     const claimed = await claimBatch(worker, { workerId: 'w', limit: BATCH, leaseMs: 60_000, maxPayloadBytes: 1_048_576 });
     const items = claimed.map((r) => ({ id: r.id, createdAtKey: r.created_at_key, attempt: r.attempts, outcome: { kind: 'done' as const } }));
-    const q = completionStatement('w', items).compile(worker);
-    const plans = await explainNested(db.adminUrl, 'app_background', q.sql, q.parameters);
-    const completion = plans.find((p) => /RETURNING o\.id/.test(p.queryText))!;
-    const indexes = new Set<string>();
-    walk(completion.plan, (n) => {
-      if (n['Index Name']) indexes.add(n['Index Name'].replace(/^capacity_outbox_(p\d{4}_\d{2}|default)_/, ''));
-    });
-    expect([...indexes]).toEqual(['pkey']);
+    // Both forms: the plain UPDATE, and the keyed one with its settle in the same statement
+    // (settledCompletionStatement; the settle's own statements are test/ordering-plans' subject).
+    for (const q of [completionStatement('w', items).compile(worker), settledCompletionStatement('w', items).compile(worker)]) {
+      const plans = await explainNested(db.adminUrl, 'app_background', q.sql, q.parameters);
+      const completion = plans.find((p) => /RETURNING o\.id/.test(p.queryText))!;
+      const indexes = new Set<string>();
+      walk(completion.plan, (n) => {
+        if (n['Index Name']) indexes.add(n['Index Name'].replace(/^capacity_outbox_(p\d{4}_\d{2}|default)_/, ''));
+      });
+      expect([...indexes]).toEqual(['pkey']);
+    }
   });
 
   it('analyzed while nearly everything was done, then a backlog added: same walk', async () => {

@@ -47,7 +47,7 @@ async function claimAll(worker: Kysely<Database>, workerId = 'w1', leaseMs = 60_
   return claimBatch(worker, { workerId, limit: 1000, leaseMs, maxPayloadBytes: 1_048_576 });
 }
 
-// As the dispatcher completes a keyed event: its key is settled in the completion's transaction (migration 0017).
+// As the dispatcher completes a keyed event: its key is settled with the outcome, in the same statement (migrations 0017, 0019).
 const done = (r: ClaimedRow) => ({ id: r.id, createdAtKey: r.created_at_key, attempt: r.attempts, keyed: r.ordering_key !== null, outcome: { kind: 'done' as const } });
 
 describe('the queue of one key', () => {
@@ -355,11 +355,22 @@ describe('the completion and its settle in one statement', () => {
   it('is what completeBatch runs as the daemon\'s login: outcomes written, next events due, nothing left unsettled', async ({ db, worker }) => {
     const t = tenantId();
     await produce(db.producerUrl, t, ['a', 'a', 'a', 'b', 'b'].map((k) => ({ type: 'e', orderingKey: k })));
+    // Every statement Kysely sends (BEGIN and COMMIT of a transaction are the driver's, not these).
+    const sent: string[] = [];
+    const counted = worker.withPlugin({
+      transformQuery: (args) => {
+        sent.push(args.node.kind);
+        return args.node;
+      },
+      transformResult: async (args) => args.result,
+    });
     for (let round = 0; round < 3; round++) {
       const claimed = await claimAll(worker);
       if (claimed.length === 0) break;
-      const applied = await completeBatch(worker, 'w1', claimed.map((c) => ({ ...done(c), keyed: true })));
+      sent.length = 0;
+      const applied = await completeBatch(counted, 'w1', claimed.map((c) => ({ ...done(c), keyed: true })));
       expect(applied.size).toBe(claimed.length);
+      expect(sent).toEqual(['RawNode']); // one statement, not the transaction's three
     }
     expect((await rowsOf(db, t, 'a')).map((r) => r.status)).toEqual(['done', 'done', 'done']);
     expect((await rowsOf(db, t, 'b')).map((r) => r.status)).toEqual(['done', 'done']);

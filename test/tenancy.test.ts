@@ -181,17 +181,21 @@ describe('helpers on the hot path', () => {
       GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA hostile TO PUBLIC;`);
     await produce(db.producerUrl, A, [{ type: 'hostile.a' }]);
     await produce(db.producerUrl, B, [{ type: 'hostile.b' }]);
-    await asWorker(db, async (c) => {
-      await c.query('SET search_path = hostile, pg_catalog, public');
-      // The hostile function is what an unqualified call now finds...
-      expect((await c.query("SELECT current_setting('app.restaurant_id', true) AS v")).rows[0].v).toBe(B);
-      await c.query('BEGIN');
-      await c.query('SELECT public.set_restaurant_context($1)', [A]);
-      // ...but not what the helper, the policy or the inlined expression use.
-      expect((await c.query('SELECT public.current_restaurant_id() AS t')).rows[0].t).toBe(A);
-      const seen = await c.query("SELECT DISTINCT restaurant_id FROM public.capacity_outbox WHERE event_type LIKE 'hostile.%'");
-      expect(seen.rows.map((r) => r.restaurant_id)).toEqual([A]);
-      await c.query('ROLLBACK');
-    });
+    try {
+      await asWorker(db, async (c) => {
+        await c.query('SET search_path = hostile, pg_catalog, public');
+        // The hostile function is what an unqualified call now finds...
+        expect((await c.query("SELECT current_setting('app.restaurant_id', true) AS v")).rows[0].v).toBe(B);
+        await c.query('BEGIN');
+        await c.query('SELECT public.set_restaurant_context($1)', [A]);
+        // ...but not what the helper, the policy or the inlined expression use.
+        expect((await c.query('SELECT public.current_restaurant_id() AS t')).rows[0].t).toBe(A);
+        const seen = await c.query("SELECT DISTINCT restaurant_id FROM public.capacity_outbox WHERE event_type LIKE 'hostile.%'");
+        expect(seen.rows.map((r) => r.restaurant_id)).toEqual([A]);
+        await c.query('ROLLBACK');
+      });
+    } finally {
+      await db.query('DROP SCHEMA hostile CASCADE');
+    }
   });
 });

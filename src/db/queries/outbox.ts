@@ -103,7 +103,7 @@ export interface Completion {
    * its key moves on in the same transaction instead of staying blocked.
    */
   skipKeyIfDead?: boolean;
-  /** A keyed event (ordering_key set): finishing it settles its key (migration 0017). */
+  /** A keyed event (ordering_key set): finishing it settles its key with the outcome (migrations 0017, 0019). */
   keyed?: boolean;
 }
 
@@ -131,11 +131,12 @@ export async function completeBatch(db: Kysely<Database>, workerId: string, item
     const result = await completionStatement(workerId, items).execute(db);
     return new Set(result.rows.map((r) => r.id));
   }
-  // Keyed events finished: their keys are settled in the same transaction, in a few set-based
-  // statements (migrations 0017, 0019) instead of the row trigger per event, and a dead head whose
-  // route says skip is set aside in it too: never a window in which a key is blocked by an
-  // event whose route says skip, or left unsettled. The completion returns the keys it finished,
-  // so the settle does not read those events again.
+  // Keyed events finished: their keys are settled with the outcomes, atomically, in a few
+  // set-based statements (migrations 0017, 0019) instead of the row trigger per event, and a dead
+  // head whose route says skip is set aside with them too: never a window in which a key is
+  // blocked by an event whose route says skip, or left unsettled. The completion returns the keys
+  // it finished, so the settle does not read those events again. Usually all of it is one
+  // statement; a skip is a second one, so that batch takes a transaction.
   const skips = new Set(items.filter((c) => c.skipKeyIfDead && c.outcome.kind === 'dead').map((c) => c.id));
   if (skips.size === 0) {
     // The usual case: outcomes and settle in one statement, one round trip (settledCompletionStatement).
@@ -178,7 +179,8 @@ export async function completeBatch(db: Kysely<Database>, workerId: string, item
  * The completion and the settle of the keys it finished, as one statement (one round trip, no
  * key arrays through the worker): the UPDATE returns each row's key and new status, and the
  * settle (migration 0019) aggregates that RETURNING, so it runs once, after every row is
- * written. It is VOLATILE, so its statements take snapshots that see this statement's UPDATE:
+ * written, and always (`settled` is the outer side of the join: with no row updated, it still
+ * switches the flag off). It is VOLATILE, so its statements take snapshots that see this statement's UPDATE:
  * the same pattern as the claim's key release (migration 0012). The row trigger stands aside
  * while the UPDATE runs: `flag` is joined into the UPDATE, so the setting is on before the
  * first row changes (an AFTER ROW trigger's WHEN is evaluated as each row changes), and the
@@ -198,7 +200,7 @@ export function settledCompletionStatement(workerId: string, items: Completion[]
                COALESCE(array_agg(c.id) FILTER (WHERE c.status = 'dead' AND c.ordering_key IS NOT NULL), '{}'),
                COALESCE(array_agg(c.created_at) FILTER (WHERE c.status = 'dead' AND c.ordering_key IS NOT NULL), '{}')) AS moved
       FROM c)
-    SELECT c.id FROM settled CROSS JOIN c`;
+    SELECT c.id FROM settled LEFT JOIN c ON true WHERE c.id IS NOT NULL`;
 }
 
 /** The completion statement, unexecuted (for EXPLAIN in tests). */
@@ -216,7 +218,7 @@ export function completionStatement(workerId: string, items: Completion[], opts:
   // A keyed event's key and new status, for the settle (only when the batch holds keyed events).
   const keys = opts.returnKeys ? sql`, o.created_at, o.restaurant_id, o.ordering_key, o.status` : sql``;
   const flag = opts.joinFlag ? sql`, flag` : sql``;
-  return sql<{ id: string; restaurant_id?: string; ordering_key?: string | null; status?: OutboxStatus }>`
+  return sql<{ id: string; created_at?: Date; restaurant_id?: string; ordering_key?: string | null; status?: OutboxStatus }>`
     UPDATE capacity_outbox AS o SET
       status          = v.status,
       attempts        = CASE WHEN v.released THEN o.attempts - 1 ELSE o.attempts END,
