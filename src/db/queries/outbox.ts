@@ -177,16 +177,16 @@ export async function completeBatch(db: Kysely<Database>, workerId: string, item
 
 /**
  * The completion and the settle of the keys it finished, as one statement (one round trip, no
- * key arrays through the worker): the UPDATE returns each row's key and new status, and the
- * settle (migration 0019) aggregates that RETURNING, so it runs once, after every row is
- * written, and always (`settled` is the outer side of the join: with no row updated, it still
- * switches the flag off). It is VOLATILE, so its statements take snapshots that see this statement's UPDATE:
- * the same pattern as the claim's key release (migration 0012). The row trigger stands aside
- * while the UPDATE runs: `flag` is joined into the UPDATE, so the setting is on before the
- * first row changes (an AFTER ROW trigger's WHEN is evaluated as each row changes), and the
- * settle switches it off again first thing. Keys are classified by the status each row got
- * (a batch may hold two outcomes of a redelivered event; only the one whose attempt matched
- * was applied). A key finished twice in one batch is passed twice, which the settle allows.
+ * key arrays through the worker; ADR 0011). The UPDATE returns each row's key and new status,
+ * and the settle (migration 0019) aggregates that RETURNING, so it runs once, after every row
+ * is written, and always: `settled` is the outer side of the final join, so even with no row
+ * updated it switches the flag off. The settle is VOLATILE, so its statements take snapshots
+ * that see this statement's UPDATE (the claim's key release, migration 0012, works the same
+ * way). The row trigger stands aside while the UPDATE runs: `flag` is joined into the UPDATE,
+ * so the setting is on before the first row changes (an AFTER ROW trigger's WHEN is evaluated
+ * as each row changes). Keys are classified by the status each row got (a batch may hold two
+ * outcomes of a redelivered event; only the one whose attempt matched was applied). A key
+ * finished twice in one batch is passed twice, which the settle allows.
  */
 export function settledCompletionStatement(workerId: string, items: Completion[]) {
   const update = completionStatement(workerId, items, { returnKeys: true, joinFlag: true });
@@ -214,7 +214,7 @@ export function completionStatement(workerId: string, items: Completion[], opts:
   // the one place outcomes are written, so no writer can forget it.
   const errors = items.map((c) => ('error' in c.outcome ? safeText(c.outcome.error) : null));
   const released = items.map((c) => c.outcome.kind === 'release');
-  // unnest() over parallel arrays has no Kysely builder; this is the one raw statement.
+  // unnest() over parallel arrays has no Kysely builder, hence raw SQL.
   // A keyed event's key and new status, for the settle (only when the batch holds keyed events).
   const keys = opts.returnKeys ? sql`, o.created_at, o.restaurant_id, o.ordering_key, o.status` : sql``;
   const flag = opts.joinFlag ? sql`, flag` : sql``;
