@@ -1,5 +1,5 @@
-// Per-key ordering (ADR 0011): the same number of no-op events drained by one worker with
-// the throughput settings, once unkeyed and once with every event keyed over `keys` keys
+// Per-key ordering (ADR 0011): the same number of no-op events drained by one worker with the
+// settings bench/run.ts passes (its defaults), once unkeyed and once with every event keyed over `keys` keys
 // (one event per key in flight, the next promoted by the completion). Reported as a ratio.
 //
 // Rounds (BENCH_ORDERING_ROUNDS, default 5 in bench/run.ts) alternate the two drains, the order flipped every round;

@@ -131,46 +131,19 @@ export async function completeBatch(db: Kysely<Database>, workerId: string, item
     const result = await completionStatement(workerId, items).execute(db);
     return new Set(result.rows.map((r) => r.id));
   }
-  // Keyed events finished: their keys are settled with the outcomes, atomically, in a few
-  // set-based statements (migrations 0017, 0019) instead of the row trigger per event, and a dead
-  // head whose route says skip is set aside with them too: never a window in which a key is
-  // blocked by an event whose route says skip, or left unsettled. The completion returns the keys
-  // it finished, so the settle does not read those events again. Usually all of it is one
-  // statement; a skip is a second one, so that batch takes a transaction.
-  const skips = new Set(items.filter((c) => c.skipKeyIfDead && c.outcome.kind === 'dead').map((c) => c.id));
-  if (skips.size === 0) {
-    // The usual case: outcomes and settle in one statement, one round trip (settledCompletionStatement).
+  // Keyed events finished: their keys are settled with the outcomes, in the same statement
+  // (settledCompletionStatement; migrations 0017, 0019) instead of the row trigger per event.
+  const skips = items.filter((c) => c.skipKeyIfDead && c.outcome.kind === 'dead').map((c) => c.id);
+  if (skips.length === 0) {
     const result = await settledCompletionStatement(workerId, items).execute(db);
     return new Set(result.rows.map((r) => r.id));
   }
-  const byId = new Map(items.map((c) => [c.id, c]));
+  // A dead head whose route says skip is set aside in the same transaction: never a window in
+  // which its key is blocked by an event whose route says skip.
   return db.transaction().execute(async (trx) => {
-    await sql`SELECT set_config('outbox_dispatcher.completion_settles_keys', 'on', true)`.execute(trx);
-    const result = await completionStatement(workerId, items, { returnKeys: true }).execute(trx);
-    const doneRestaurants: string[] = [];
-    const doneKeys: string[] = [];
-    const seen = new Set<string>();
-    const dead: Completion[] = [];
-    for (const row of result.rows) {
-      if (row.ordering_key === null || row.ordering_key === undefined) continue;
-      // By the status the row got, not by an item's outcome: a batch can hold two outcomes of
-      // one event (a redelivery: attempt 2 done, attempt 1's late retry), and only the one whose
-      // attempt matched was applied. Classifying by the other left the key unsettled for good.
-      if (row.status === 'dead') dead.push(byId.get(row.id)!);
-      if (row.status !== 'done') continue;
-      // Each key once (two of a key's events done in one batch: a redelivery).
-      const key = `${row.restaurant_id}\u0000${row.ordering_key}`;
-      if (seen.has(key)) continue;
-      seen.add(key);
-      doneRestaurants.push(row.restaurant_id!);
-      doneKeys.push(row.ordering_key);
-    }
-    // The settle function switches the row trigger back on first; it is called even with
-    // nothing to settle, for that.
-    await sql`SELECT outbox_dispatcher.capacity_outbox_ordering_settle_keys(${doneRestaurants}::uuid[], ${doneKeys}::text[],
-        ${dead.map((c) => c.id)}::uuid[], ${dead.map((c) => c.createdAtKey)}::timestamptz[])`.execute(trx);
+    const result = await settledCompletionStatement(workerId, items).execute(trx);
     const applied = new Set(result.rows.map((r) => r.id));
-    await skipDeadHeads(trx, [...skips].filter((id) => applied.has(id)), 'route ordering.onDeadHead = skip');
+    await skipDeadHeads(trx, skips.filter((id) => applied.has(id)), 'route ordering.onDeadHead = skip');
     return applied;
   });
 }
@@ -189,7 +162,7 @@ export async function completeBatch(db: Kysely<Database>, workerId: string, item
  * finished twice in one batch is passed twice, which the settle allows.
  */
 export function settledCompletionStatement(workerId: string, items: Completion[]) {
-  const update = completionStatement(workerId, items, { returnKeys: true, joinFlag: true });
+  const update = completionStatement(workerId, items, { settle: true });
   return sql<{ id: string }>`
     WITH flag AS (SELECT set_config('outbox_dispatcher.completion_settles_keys', 'on', true) AS flag_on),
     c AS (${update}),
@@ -204,7 +177,7 @@ export function settledCompletionStatement(workerId: string, items: Completion[]
 }
 
 /** The completion statement, unexecuted (for EXPLAIN in tests). */
-export function completionStatement(workerId: string, items: Completion[], opts: { returnKeys?: boolean; joinFlag?: boolean } = {}) {
+export function completionStatement(workerId: string, items: Completion[], opts: { settle?: boolean } = {}) {
   const ids = items.map((c) => c.id);
   const createdAt = items.map((c) => c.createdAtKey);
   const attempts = items.map((c) => c.attempt);
@@ -215,9 +188,10 @@ export function completionStatement(workerId: string, items: Completion[], opts:
   const errors = items.map((c) => ('error' in c.outcome ? safeText(c.outcome.error) : null));
   const released = items.map((c) => c.outcome.kind === 'release');
   // unnest() over parallel arrays has no Kysely builder, hence raw SQL.
-  // A keyed event's key and new status, for the settle (only when the batch holds keyed events).
-  const keys = opts.returnKeys ? sql`, o.created_at, o.restaurant_id, o.ordering_key, o.status` : sql``;
-  const flag = opts.joinFlag ? sql`, flag` : sql``;
+  // Inside settledCompletionStatement: each row's key and new status for the settle, and its
+  // trigger flag joined in.
+  const keys = opts.settle ? sql`, o.created_at, o.restaurant_id, o.ordering_key, o.status` : sql``;
+  const flag = opts.settle ? sql`, flag` : sql``;
   return sql<{ id: string; created_at?: Date; restaurant_id?: string; ordering_key?: string | null; status?: OutboxStatus }>`
     UPDATE capacity_outbox AS o SET
       status          = v.status,
