@@ -3,6 +3,10 @@
 //    statistics states of issue 9: never analyzed (99% done, 1% due); analyzed in that state
 //    and then 300k pending events added; fresh (analyzed again). The plan the claim function
 //    executes is read through auto_explain, with the index entries its walk read.
+//    Beside each state, the floor on the same rows in the same run: the bare claim (the walk,
+//    the row locks and the update of 100 rows, as the owner: no fair lane, no key release, no
+//    RLS, no payload check) and the commit of such a claim (the WAL flush a committed claim
+//    waits for). The target's limit on this machine is read from these, not argued.
 import pg from 'pg';
 import { createKysely, createPool } from '../../src/db/pool.ts';
 import { claimBatch, claimStatement, completeBatch } from '../../src/db/queries/outbox.ts';
@@ -30,7 +34,33 @@ export interface ClaimLatencyResult {
    * set is small (it is consumed).
    */
   committed: { samples: number; p50Ms: number; p99Ms: number };
+  /** The bare claim of the same 100 rows, rolled back, sampled alternately with the claim. */
+  bare: { p50Ms: number; p99Ms: number };
+  /** COMMIT of a bare claim of 100 due rows (each then put back, untimed). */
+  commit: { samples: number; p50Ms: number; p99Ms: number };
 }
+
+// The floor: what recording a claim of 100 rows costs with nothing of the product around it.
+// Run as the owner with the claim function's planner settings; the key-release trigger stands
+// aside (the flag the claim itself sets), so no key is freed.
+const BARE_SETTINGS = [
+  'enable_sort', 'enable_bitmapscan', 'enable_seqscan', 'enable_hashjoin', 'enable_mergejoin', 'enable_material',
+].map((s) => `SET LOCAL ${s} = off`).concat('SET LOCAL jit = off', 'SET LOCAL outbox_dispatcher.claim_frees_keys = on').join('; ');
+const BARE_CLAIM = `WITH head AS (
+    SELECT d.id, d.created_at, d.next_attempt_at FROM capacity_outbox d
+    WHERE d.status = 'pending' AND d.next_attempt_at <= now()
+    ORDER BY d.next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+  UPDATE capacity_outbox o SET status = 'processing', attempts = o.attempts + 1, locked_by = 'bench-bare',
+         locked_until = now() + interval '30 s', next_attempt_at = now() + interval '30 s'
+  FROM head WHERE o.id = head.id AND o.created_at = head.created_at
+  RETURNING o.id, o.created_at::text AS created_at_key, head.next_attempt_at::text AS due_key, o.restaurant_id, o.event_type, o.payload,
+            o.dedupe_key, o.idempotency_key, o.headers, o.attempts, o.ordering_key, o.ordering_seq`;
+// Puts a committed bare claim back as it was (the reactivation trigger finds the key still held
+// by the same event). Timestamps go back as text: a JavaScript Date would drop the microseconds.
+const BARE_UNDO = `UPDATE capacity_outbox o SET status = 'pending', attempts = o.attempts - 1, locked_by = NULL,
+         locked_until = NULL, next_attempt_at = v.due
+  FROM unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[]) AS v(id, created_at, due)
+  WHERE o.id = v.id AND o.created_at = v.created_at AND o.locked_by = 'bench-bare'`;
 
 const BATCH = 100;
 
@@ -95,8 +125,22 @@ export async function claimLatency(rootUrl: string, rows: number, iterations: nu
     };
     const client = new pg.Client({ connectionString: db.workerUrl, options: '-c role=app_background' });
     await client.connect();
+    const owner = new pg.Client({ connectionString: db.adminUrl });
+    await owner.connect();
+    const bareClaim = async () => {
+      await owner.query('BEGIN');
+      await owner.query(BARE_SETTINGS);
+      const s = performance.now();
+      const r = await owner.query(BARE_CLAIM, [BATCH]);
+      return { rows: r.rows as { id: string; created_at_key: string; due_key: string }[], ms: performance.now() - s };
+    };
+    const timed = (xs: number[]) => {
+      xs.sort((a, b) => a - b);
+      return { p50Ms: round(quantile(xs, 0.5), 2), p99Ms: round(quantile(xs, 0.99), 2) };
+    };
     const measure = async (state: StatsState): Promise<ClaimLatencyResult> => {
       const samples: number[] = [];
+      const bareSamples: number[] = [];
       // Each claim is rolled back, so every sample claims the same head of the due range. This
       // overstates the tail a little: every rolled-back claim leaves a dead primary-key entry
       // beside each claimed row's. Committing instead (and not passing the worker's claim
@@ -109,8 +153,24 @@ export async function claimLatency(rootUrl: string, rows: number, iterations: nu
         await client.query('ROLLBACK');
         if (r.rowCount !== BATCH) throw new Error(`claim returned ${r.rowCount} rows`);
         if (i >= 20) samples.push(e); // first 20 warm the caches
+        // The floor, on the same head of the due range, alternating with the claim.
+        const b = await bareClaim();
+        await owner.query('ROLLBACK');
+        if (b.rows.length !== BATCH) throw new Error(`bare claim returned ${b.rows.length} rows`);
+        if (i >= 20) bareSamples.push(b.ms);
       }
       samples.sort((a, b) => a - b);
+      // The WAL flush a committed claim waits for: commit a bare claim, then put it back.
+      const commitSamples: number[] = [];
+      for (let i = 0; i < 100; i++) {
+        const b = await bareClaim();
+        const s = performance.now();
+        await owner.query('COMMIT');
+        commitSamples.push(performance.now() - s);
+        if (b.rows.length !== BATCH) throw new Error(`bare claim returned ${b.rows.length} rows`);
+        const undone = await owner.query(BARE_UNDO, [b.rows.map((x) => x.id), b.rows.map((x) => x.created_at_key), b.rows.map((x) => x.due_key)]);
+        if (undone.rowCount !== BATCH) throw new Error(`put back ${undone.rowCount} of ${BATCH} rows`);
+      }
       const plans = await explainNested(db.adminUrl, 'app_background', q.sql, q.parameters);
       const plan = plans.find((p) => /WITH head AS/.test(p.queryText))!.plan;
       // Every statement the claim ran (fair lane, head lane, key release): the index entries
@@ -127,7 +187,9 @@ export async function claimLatency(rootUrl: string, rows: number, iterations: nu
       const due = Number((await db.admin.query("SELECT count(*) AS n FROM capacity_outbox WHERE status = 'pending'")).rows[0].n);
       // At most half of the due events, so the state keeps its backlog.
       const committed = await committedClaims(Math.min(iterations, Math.floor(due / BATCH / 2)));
-      log(`  ${state}: p50 ${round(quantile(samples, 0.5), 2)} ms, p99 ${round(quantile(samples, 0.99), 2)} ms, ${indexRowsRead} index rows read; committed with the cursor: ${JSON.stringify(committed)}`);
+      const bare = timed(bareSamples);
+      const commit = { samples: commitSamples.length, ...timed(commitSamples) };
+      log(`  ${state}: p50 ${round(quantile(samples, 0.5), 2)} ms, p99 ${round(quantile(samples, 0.99), 2)} ms, ${indexRowsRead} index rows read; committed with the cursor: ${JSON.stringify(committed)}; floor: bare claim ${JSON.stringify(bare)}, commit ${JSON.stringify(commit)}`);
       return {
         rows,
         state,
@@ -139,6 +201,8 @@ export async function claimLatency(rootUrl: string, rows: number, iterations: nu
         indexRowsRead,
         hasSortOrBitmap,
         committed,
+        bare,
+        commit,
       };
     };
     try {
@@ -157,6 +221,7 @@ export async function claimLatency(rootUrl: string, rows: number, iterations: nu
       return out;
     } finally {
       await client.end();
+      await owner.end();
       await kysely.destroy();
     }
   } finally {
