@@ -163,7 +163,13 @@ async function main() {
     const targets = {
       coldBurstVsGraphile: { value: graphile ? round(cold1 / graphile, 2) : null, target: '>= 1.0', met: graphile > 0 && cold1 / graphile >= 1 },
       coldBurstVsBareTwoStatementLoop: { value: bare2 ? round(cold1 / bare2, 2) : null, target: '>= 0.5', met: bare2 > 0 && cold1 / bare2 >= 0.5 },
-      coldBurstTwoWorkersVsGraphile: { value: graphile ? round(cold2 / graphile, 2) : null, target: '>= 1.25', met: graphile > 0 && cold2 / graphile >= 1.25 },
+      coldBurstTwoWorkersVsGraphile: {
+        value: graphile ? round(cold2 / graphile, 2) : null,
+        // The design's floor in the same run: the two writes per event alone, no worker at all.
+        bareTwoStatementLoopVsGraphile: graphile && bare2 ? round(bare2 / graphile, 2) : null,
+        target: '>= 1.25',
+        met: graphile > 0 && cold2 / graphile >= 1.25,
+      },
       claimP99At1M: { ...claimsOk(1_000_000), target: '< 5 ms in all three statistics states, no Sort/Bitmap' },
       claimP99At10M: { ...claimsOk(10_000_000), target: '< 5 ms in all three statistics states, no Sort/Bitmap' },
       workerRssUnderBacklog: { valueMb: memory?.maxRssMb, target: '< 150 MB', met: memory !== undefined && memory.maxRssMb < 150 },
