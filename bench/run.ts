@@ -13,6 +13,7 @@
 //   BENCH_SECTIONS       comma list of sections to run (claim,drain,ordering,fairness,producer,memory,latency; default all)
 //   BENCH_DRAINS         regular expression selecting drain runs by label (default all)
 //   BENCH_ORDERING_ROUNDS rounds of the ordering section (default 5, 1 with BENCH_QUICK; its ratio is the median of the rounds')
+//   BENCH_HOT_ROUNDS     rounds of the opt-in hotclaim section (default 2; BENCH_SECTIONS=hotclaim runs it: would a HOT claim pay?)
 //
 // The dispatcher runs with its defaults everywhere (issue 9: the defaults are what people run);
 // drains of the dispatcher start from the cold burst (keyed, ~200-byte payloads, 20 tenants,
@@ -28,6 +29,7 @@ import { round } from './lib.ts';
 import { claimLatency, type ClaimLatencyResult } from './sections/claim-latency.ts';
 import { bareLoop, bareTwoStatementLoop, dispatcherDrain, graphileDrain, pgBossDrain, type DrainResult } from './sections/drain.ts';
 import { fairnessRun, type FairnessResult } from './sections/fairness.ts';
+import { hotClaimLoops, type HotClaimResult } from './sections/hot-claim.ts';
 import { steadyLatency, type LatencyResult } from './sections/latency.ts';
 import { memoryUnderBacklog } from './sections/memory.ts';
 import { orderingDrain, type OrderingDrainResult } from './sections/ordering.ts';
@@ -105,6 +107,13 @@ async function main() {
       } catch (err) {
         log(`  failed: ${(err as Error).message}`);
       }
+    }
+
+    // Opt-in, not in the default list: an experiment's answer, kept reproducible.
+    const hotClaims: HotClaimResult[] = [];
+    if (SECTIONS.has('hotclaim')) {
+      log('HOT claim against the two-statement claim (bare loops)');
+      hotClaims.push(...(await hotClaimLoops(url, EVENTS, Number(process.env.BENCH_HOT_ROUNDS ?? 2), log)));
     }
 
     const producers = [];
@@ -205,6 +214,11 @@ async function main() {
         lines.push(`| ${i + 1} | ${r.unkeyed.eventsPerSec.toLocaleString()} | ${r.keyed.eventsPerSec.toLocaleString()} | ${r.ratio} | ${r.unkeyed.nodeCpuPerEventUs} / ${r.keyed.nodeCpuPerEventUs} | ${r.unkeyed.postgresCpuPerEventUs} / ${r.keyed.postgresCpuPerEventUs} |`),
       );
     }
+    if (hotClaims.length > 0) {
+      lines.push('', 'HOT claim against the two-statement claim (bare loops, 2 connections, batch 500, cold burst analyzed, no key release):');
+      lines.push('| loop | events/s | postgres CPU µs/event | WAL bytes/event | heap-only share of updates |', '|---|---|---|---|---|');
+      for (const h of hotClaims) lines.push(`| ${h.name} | ${h.eventsPerSec.toLocaleString()} | ${h.postgresCpuPerEventUs} | ${h.walBytesPerEvent} | ${h.hotShare} |`);
+    }
     lines.push('', 'Producer inserts (producer contract, app_producer, tenant context):', '| run | events/s | duplicates dropped |', '|---|---|---|');
     for (const p of producers) lines.push(`| ${p.name} | ${p.eventsPerSec.toLocaleString()} | ${p.duplicatesDropped} |`);
     if (memory) lines.push('', `Memory: idle RSS ${memory.idleRssMb} MB; while a ${BACKLOG.toLocaleString()} backlog drains (${memory.eventsPerSec.toLocaleString()}/s): max ${memory.maxRssMb} MB, by decile ${memory.rssByDecileMb.join(' ')} MB`);
@@ -218,7 +232,7 @@ async function main() {
     for (const [k, v] of Object.entries(targets)) lines.push(`- ${k}: ${JSON.stringify(v)}`);
     process.stdout.write(`${lines.join('\n')}\n`);
 
-    const result = { machine, settings: { events: EVENTS, claimSizes: SIZES, backlog: BACKLOG, tuning: TUNING }, claims, drains, ordering, fairness, producers, memory, latency, targets };
+    const result = { machine, settings: { events: EVENTS, claimSizes: SIZES, backlog: BACKLOG, tuning: TUNING }, claims, drains, hotClaims, ordering, fairness, producers, memory, latency, targets };
     const dir = fileURLToPath(new URL('results/', import.meta.url));
     fs.mkdirSync(dir, { recursive: true });
     fs.writeFileSync(path.join(dir, 'latest.json'), `${JSON.stringify(result, null, 2)}\n`);

@@ -256,7 +256,7 @@ interface PgBossLike {
 }
 
 /** `n` connections as the daemon's login (it inherits app_background: no role switch). */
-async function workerClients(url: string, n: number): Promise<pg.Client[]> {
+export async function workerClients(url: string, n: number): Promise<pg.Client[]> {
   return Promise.all(
     Array.from({ length: n }, async () => {
       const c = new pg.Client({ connectionString: url });
