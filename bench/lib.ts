@@ -85,6 +85,14 @@ function migrateWithBuild(main: string, adminUrl: string): Promise<void> {
   });
 }
 
+/** The partitions of capacity_outbox, as names ready for SQL (regclass text). */
+export async function partitionsOf(admin: pg.Client): Promise<string[]> {
+  const { rows } = await admin.query<{ part: string }>(
+    "SELECT inhrelid::regclass::text AS part FROM pg_inherits WHERE inhparent = 'public.capacity_outbox'::regclass",
+  );
+  return rows.map((r) => r.part);
+}
+
 /** Monthly partitions for the last `months` months (the table's history). */
 export async function ensureHistory(admin: pg.Client, months: number): Promise<void> {
   await admin.query(
@@ -112,10 +120,7 @@ export async function seedPending(admin: pg.Client, n: number, type = 'bench.noo
  * autovacuum is switched off on the partitions so no ANALYZE can run before or during the drain.
  */
 export async function seedColdBurst(admin: pg.Client, n: number, type = 'bench.noop'): Promise<number> {
-  const { rows } = await admin.query<{ part: string }>(
-    "SELECT inhrelid::regclass::text AS part FROM pg_inherits WHERE inhparent = 'public.capacity_outbox'::regclass",
-  );
-  for (const r of rows) await admin.query(`ALTER TABLE ${r.part} SET (autovacuum_enabled = off)`);
+  for (const p of await partitionsOf(admin)) await admin.query(`ALTER TABLE ${p} SET (autovacuum_enabled = off)`);
   const t0 = performance.now();
   await admin.query(
     `INSERT INTO capacity_outbox (restaurant_id, event_type, payload, dedupe_key)

@@ -3,9 +3,10 @@
 //    statistics states of issue 9: never analyzed (99% done, 1% due); analyzed in that state
 //    and then 300k pending events added; fresh (analyzed again). The plan the claim function
 //    executes is read through auto_explain, with the index entries its walk read.
-//    Beside each state, the floor on the same rows in the same run: the bare claim (the walk,
-//    the row locks and the update of 100 rows, as the owner: no fair lane, no key release, no
-//    RLS, no payload check) and the commit of such a claim (the WAL flush a committed claim
+//    Beside each state, the floor in the same run: the bare claim of the first 100 due rows
+//    (the walk, the row locks and the update, as the owner: no fair lane, no key release, no
+//    RLS, no payload check; the product's head lane takes about 75 of the same rows, its fair
+//    lane 25 from five tenants) and the commit of such a claim (the WAL flush a committed claim
 //    waits for). The target's limit on this machine is read from these, not argued.
 import pg from 'pg';
 import { createKysely, createPool } from '../../src/db/pool.ts';
@@ -13,7 +14,7 @@ import { claimBatch, claimStatement, completeBatch } from '../../src/db/queries/
 import { ClaimCursor } from '../../src/dispatch/claim-cursor.ts';
 import { fairLane } from '../../src/dispatch/dispatcher.ts';
 import { explainNested, planShape, walk } from '../../test/support/explain.ts';
-import { createBenchDb, ensureHistory, quantile, round } from '../lib.ts';
+import { createBenchDb, ensureHistory, partitionsOf, quantile, round } from '../lib.ts';
 
 export type StatsState = 'never analyzed' | 'analyzed at 99% done, then 300k pending added' | 'fresh';
 
@@ -34,7 +35,7 @@ export interface ClaimLatencyResult {
    * set is small (it is consumed).
    */
   committed: { samples: number; p50Ms: number; p99Ms: number };
-  /** The bare claim of the same 100 rows, rolled back, sampled alternately with the claim. */
+  /** The bare claim of the first 100 due rows, rolled back, sampled alternately with the claim. */
   bare: { p50Ms: number; p99Ms: number };
   /** COMMIT of a bare claim of 100 due rows (each then put back, untimed). */
   commit: { samples: number; p50Ms: number; p99Ms: number };
@@ -64,14 +65,17 @@ const BARE_UNDO = `UPDATE capacity_outbox o SET status = 'pending', attempts = o
 
 const BATCH = 100;
 
+/** p50 and p99 of `xs` in ms (sorts `xs`). */
+function timed(xs: number[]): { p50Ms: number; p99Ms: number } {
+  xs.sort((a, b) => a - b);
+  return { p50Ms: round(quantile(xs, 0.5), 2), p99Ms: round(quantile(xs, 0.99), 2) };
+}
+
 export async function claimLatency(rootUrl: string, rows: number, iterations: number, log: (s: string) => void): Promise<ClaimLatencyResult[]> {
   const db = await createBenchDb(rootUrl, `claim${rows}`);
   try {
     await ensureHistory(db.admin, 5);
-    const { rows: parts } = await db.admin.query<{ part: string }>(
-      "SELECT inhrelid::regclass::text AS part FROM pg_inherits WHERE inhparent = 'public.capacity_outbox'::regclass",
-    );
-    for (const p of parts) await db.admin.query(`ALTER TABLE ${p.part} SET (autovacuum_enabled = off)`);
+    for (const p of await partitionsOf(db.admin)) await db.admin.query(`ALTER TABLE ${p} SET (autovacuum_enabled = off)`);
     const t0 = performance.now();
     const chunk = 1_000_000;
     for (let from = 1; from <= rows; from += chunk) {
@@ -120,8 +124,7 @@ export async function claimLatency(rootUrl: string, rows: number, iterations: nu
         tenantAfter = rows[0]!.tenant_cursor;
         await completeBatch(kysely, 'bench', rows.map((r) => ({ id: r.id, createdAtKey: r.created_at_key, attempt: r.attempts, outcome: { kind: 'done' as const } })));
       }
-      samples.sort((a, b) => a - b);
-      return { samples: samples.length, p50Ms: round(quantile(samples, 0.5), 2), p99Ms: round(quantile(samples, 0.99), 2) };
+      return { samples: samples.length, ...timed(samples) };
     };
     const client = new pg.Client({ connectionString: db.workerUrl, options: '-c role=app_background' });
     await client.connect();
@@ -131,20 +134,18 @@ export async function claimLatency(rootUrl: string, rows: number, iterations: nu
       await owner.query('BEGIN');
       await owner.query(BARE_SETTINGS);
       const s = performance.now();
-      const r = await owner.query(BARE_CLAIM, [BATCH]);
+      // Prepared once, as the claim function's statements are (plpgsql caches their plans).
+      const r = await owner.query({ name: 'bench-bare-claim', text: BARE_CLAIM, values: [BATCH] });
       return { rows: r.rows as { id: string; created_at_key: string; due_key: string }[], ms: performance.now() - s };
-    };
-    const timed = (xs: number[]) => {
-      xs.sort((a, b) => a - b);
-      return { p50Ms: round(quantile(xs, 0.5), 2), p99Ms: round(quantile(xs, 0.99), 2) };
     };
     const measure = async (state: StatsState): Promise<ClaimLatencyResult> => {
       const samples: number[] = [];
       const bareSamples: number[] = [];
       // Each claim is rolled back, so every sample claims the same head of the due range. This
-      // overstates the tail a little: every rolled-back claim leaves a dead primary-key entry
-      // beside each claimed row's. Committing instead (and not passing the worker's claim
-      // cursor) times the opposite artifact, a growing run of dead entries at the head.
+      // overstates the tail a little: every rolled-back claim (the bare ones too, so twice as
+      // many as before the floor was measured) leaves a dead primary-key entry beside each
+      // claimed row's. Committing instead (and not passing the worker's claim cursor) times the
+      // opposite artifact, a growing run of dead entries at the head.
       for (let i = 0; i < iterations + 20; i++) {
         await client.query('BEGIN');
         const s = performance.now();
@@ -158,18 +159,6 @@ export async function claimLatency(rootUrl: string, rows: number, iterations: nu
         await owner.query('ROLLBACK');
         if (b.rows.length !== BATCH) throw new Error(`bare claim returned ${b.rows.length} rows`);
         if (i >= 20) bareSamples.push(b.ms);
-      }
-      samples.sort((a, b) => a - b);
-      // The WAL flush a committed claim waits for: commit a bare claim, then put it back.
-      const commitSamples: number[] = [];
-      for (let i = 0; i < 100; i++) {
-        const b = await bareClaim();
-        const s = performance.now();
-        await owner.query('COMMIT');
-        commitSamples.push(performance.now() - s);
-        if (b.rows.length !== BATCH) throw new Error(`bare claim returned ${b.rows.length} rows`);
-        const undone = await owner.query(BARE_UNDO, [b.rows.map((x) => x.id), b.rows.map((x) => x.created_at_key), b.rows.map((x) => x.due_key)]);
-        if (undone.rowCount !== BATCH) throw new Error(`put back ${undone.rowCount} of ${BATCH} rows`);
       }
       const plans = await explainNested(db.adminUrl, 'app_background', q.sql, q.parameters);
       const plan = plans.find((p) => /WITH head AS/.test(p.queryText))!.plan;
@@ -187,16 +176,28 @@ export async function claimLatency(rootUrl: string, rows: number, iterations: nu
       const due = Number((await db.admin.query("SELECT count(*) AS n FROM capacity_outbox WHERE status = 'pending'")).rows[0].n);
       // At most half of the due events, so the state keeps its backlog.
       const committed = await committedClaims(Math.min(iterations, Math.floor(due / BATCH / 2)));
+      // The WAL flush a committed claim waits for: commit a bare claim, then put it back. Last,
+      // so the dead row versions it leaves come after this state's other measurements.
+      const commitSamples: number[] = [];
+      for (let i = 0; i < iterations + 20; i++) {
+        const b = await bareClaim();
+        const s = performance.now();
+        await owner.query('COMMIT');
+        const e = performance.now() - s;
+        const undone = await owner.query(BARE_UNDO, [b.rows.map((x) => x.id), b.rows.map((x) => x.created_at_key), b.rows.map((x) => x.due_key)]);
+        if (b.rows.length !== BATCH || undone.rowCount !== BATCH) throw new Error(`bare claim of ${b.rows.length} rows, ${undone.rowCount} put back`);
+        if (i >= 20) commitSamples.push(e);
+      }
+      const claim = timed(samples);
       const bare = timed(bareSamples);
       const commit = { samples: commitSamples.length, ...timed(commitSamples) };
-      log(`  ${state}: p50 ${round(quantile(samples, 0.5), 2)} ms, p99 ${round(quantile(samples, 0.99), 2)} ms, ${indexRowsRead} index rows read; committed with the cursor: ${JSON.stringify(committed)}; floor: bare claim ${JSON.stringify(bare)}, commit ${JSON.stringify(commit)}`);
+      log(`  ${state}: p50 ${claim.p50Ms} ms, p99 ${claim.p99Ms} ms, ${indexRowsRead} index rows read; committed with the cursor: ${JSON.stringify(committed)}; floor: bare claim ${JSON.stringify(bare)}, commit ${JSON.stringify(commit)}`);
       return {
         rows,
         state,
         due,
         seedSeconds,
-        p50Ms: round(quantile(samples, 0.5), 2),
-        p99Ms: round(quantile(samples, 0.99), 2),
+        ...claim,
         plan: `${planShape(plan)} (+ ${plans.length - 1} fair-lane and key-release statements)`,
         indexRowsRead,
         hasSortOrBitmap,

@@ -5,6 +5,7 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import pg from 'pg';
 import {
+  type BenchDb,
   cpuSeconds,
   createBenchDb,
   postgresCpuSeconds,
@@ -32,6 +33,41 @@ export interface DrainResult {
 
 const NOOP_ROUTES = JSON.stringify({ routes: [{ match: '*', sink: { type: 'noop' } }] });
 
+/**
+ * Runs `conns` loops of `step` on `db` as the worker login until each returns false and
+ * measures them: time, PostgreSQL CPU, WAL and commits per event. `setup` runs on each
+ * connection first.
+ */
+export async function measureLoops(
+  db: BenchDb,
+  events: number,
+  conns: number,
+  step: (c: pg.Client, i: number) => Promise<boolean>,
+  setup?: (c: pg.Client) => Promise<unknown>,
+): Promise<Omit<DrainResult, 'name'>> {
+  const clients = await workerClients(db.workerUrl, conns);
+  if (setup) for (const c of clients) await setup(c);
+  const before = await walAndCommits(db.admin);
+  const pgCpu0 = postgresCpuSeconds();
+  const t0 = performance.now();
+  await Promise.all(clients.map(async (c, i) => {
+    while (await step(c, i));
+  }));
+  const seconds = (performance.now() - t0) / 1000;
+  const pgCpu = postgresCpuSeconds() - pgCpu0;
+  await Promise.all(clients.map((c) => c.end()));
+  await new Promise((r) => setTimeout(r, 1100)); // let statistics flush
+  const after = await walAndCommits(db.admin);
+  return {
+    events,
+    seconds: round(seconds, 2),
+    eventsPerSec: Math.round(events / seconds),
+    postgresCpuPerEventUs: round((pgCpu / events) * 1e6),
+    walBytesPerEvent: Math.round((await walBytesBetween(db.admin, before.lsn, after.lsn)) / events),
+    commitsPerEvent: round((after.commits - before.commits) / events, 3),
+  };
+}
+
 /** The limit: claim a batch with SKIP LOCKED and mark it done, one statement, `conns` loops. */
 export async function bareLoop(rootUrl: string, events: number, conns: number, batch: number): Promise<DrainResult> {
   const db = await createBenchDb(rootUrl, 'bare');
@@ -42,74 +78,57 @@ export async function bareLoop(rootUrl: string, events: number, conns: number, b
                             ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED)
                  UPDATE capacity_outbox o SET status = 'done', dispatched_at = now() FROM c
                  WHERE o.id = c.id AND o.created_at = c.created_at`;
-    const clients = await workerClients(db.workerUrl, conns);
-    const before = await walAndCommits(db.admin);
-    const pgCpu0 = postgresCpuSeconds();
-    const t0 = performance.now();
-    await Promise.all(clients.map(async (c) => {
-      for (;;) if ((await c.query(sql, [batch])).rowCount === 0) break;
-    }));
-    const seconds = (performance.now() - t0) / 1000;
-    const pgCpu = postgresCpuSeconds() - pgCpu0;
-    await Promise.all(clients.map((c) => c.end()));
-    await new Promise((r) => setTimeout(r, 1100)); // let statistics flush
-    const after = await walAndCommits(db.admin);
-    return {
-      name: `bare SQL loop (${conns} conns, batch ${batch})`,
-      events,
-      seconds: round(seconds, 2),
-      eventsPerSec: Math.round(events / seconds),
-      postgresCpuPerEventUs: round((pgCpu / events) * 1e6),
-      walBytesPerEvent: Math.round((await walBytesBetween(db.admin, before.lsn, after.lsn)) / events),
-      commitsPerEvent: round((after.commits - before.commits) / events, 3),
-    };
+    const m = await measureLoops(db, events, conns, async (c) => (await c.query(sql, [batch])).rowCount !== 0);
+    return { name: `bare SQL loop (${conns} conns, batch ${batch})`, ...m };
   } finally {
     await db.drop();
   }
 }
 
+const DUE_HEAD = `SELECT id, created_at FROM capacity_outbox WHERE status = 'pending' AND next_attempt_at <= now()
+                  ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED`;
+/** The claim of the two-statement loop: the row moves to `processing`. */
+export const BARE_CLAIM_TO_PROCESSING = `WITH c AS (${DUE_HEAD})
+  UPDATE capacity_outbox o SET status = 'processing', attempts = o.attempts + 1, locked_by = $2,
+         locked_until = now() + interval '30 s', next_attempt_at = now() + interval '30 s'
+  FROM c WHERE o.id = c.id AND o.created_at = c.created_at RETURNING o.id, o.created_at::text AS k`;
+// The same claim freeing its batch's dedupe keys in one call, as the daemon's claim does (the
+// session's claim_frees_keys flag makes the row trigger stand aside; the function, VOLATILE,
+// sees the UPDATE).
+const BARE_CLAIM_FREEING_KEYS = `WITH claimed AS (${BARE_CLAIM_TO_PROCESSING}),
+  freed AS (SELECT outbox_dispatcher.capacity_outbox_release_claimed_keys(array_agg(claimed.id)) AS n FROM claimed)
+  SELECT claimed.id, claimed.k FROM freed CROSS JOIN claimed`;
+/** The second statement of the two-statement loop: the batch is `done`. */
+export const BARE_DONE = `UPDATE capacity_outbox o SET status = 'done', dispatched_at = now(), locked_by = NULL, locked_until = NULL
+  FROM unnest($1::uuid[], $2::timestamptz[]) AS v(id, k) WHERE o.id = v.id AND o.created_at = v.k AND o.locked_by = $3`;
+
+/** One claim and its completion; false when nothing was claimed. */
+export async function claimThenDone(c: pg.Client, claim: string, batch: number, worker: string): Promise<boolean> {
+  const r = await c.query<{ id: string; k: string }>(claim, [batch, worker]);
+  if (r.rowCount === 0) return false;
+  await c.query(BARE_DONE, [r.rows.map((x) => x.id), r.rows.map((x) => x.k), worker]);
+  return true;
+}
+
 /**
  * The issue-9 reference loop: claim a batch to `processing` (SKIP LOCKED), then mark it
  * `done`: the two writes per event any at-least-once relay needs, with nothing in between.
- * The seed is the cold burst, analyzed first so the loop gets its best plan.
+ * The seed is the cold burst, analyzed first so the loop gets its best plan. Every event of
+ * the burst has a dedupe key: with `keys: 'per row'` (the issue's plain loop) the schema's row
+ * trigger frees each claimed event's key; with `keys: 'per claim'` one call frees the batch's,
+ * as the daemon does, which makes this loop the floor of a relay that keeps the dedupe rule.
  */
-export async function bareTwoStatementLoop(rootUrl: string, events: number, conns: number, batch: number): Promise<DrainResult> {
+export async function bareTwoStatementLoop(rootUrl: string, events: number, conns: number, batch: number, keys: 'per row' | 'per claim' = 'per row'): Promise<DrainResult> {
   const db = await createBenchDb(rootUrl, 'bare2');
   try {
     await seedColdBurst(db.admin, events);
     await db.admin.query('VACUUM ANALYZE capacity_outbox');
-    const claim = `WITH c AS (SELECT id, created_at FROM capacity_outbox WHERE status = 'pending' AND next_attempt_at <= now()
-                              ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED)
-                   UPDATE capacity_outbox o SET status = 'processing', attempts = o.attempts + 1, locked_by = $2,
-                          locked_until = now() + interval '30 s', next_attempt_at = now() + interval '30 s'
-                   FROM c WHERE o.id = c.id AND o.created_at = c.created_at RETURNING o.id, o.created_at::text AS k`;
-    const done = `UPDATE capacity_outbox o SET status = 'done', dispatched_at = now(), locked_by = NULL, locked_until = NULL
-                  FROM unnest($1::uuid[], $2::timestamptz[]) AS v(id, k) WHERE o.id = v.id AND o.created_at = v.k AND o.locked_by = $3`;
-    const clients = await workerClients(db.workerUrl, conns);
-    const before = await walAndCommits(db.admin);
-    const pgCpu0 = postgresCpuSeconds();
-    const t0 = performance.now();
-    await Promise.all(clients.map(async (c, i) => {
-      for (;;) {
-        const r = await c.query<{ id: string; k: string }>(claim, [batch, `bare-${i}`]);
-        if (r.rowCount === 0) break;
-        await c.query(done, [r.rows.map((x) => x.id), r.rows.map((x) => x.k), `bare-${i}`]);
-      }
-    }));
-    const seconds = (performance.now() - t0) / 1000;
-    const pgCpu = postgresCpuSeconds() - pgCpu0;
-    await Promise.all(clients.map((c) => c.end()));
-    await new Promise((r) => setTimeout(r, 1100));
-    const after = await walAndCommits(db.admin);
-    return {
-      name: `bare two-statement loop (${conns} conns, batch ${batch}; cold burst, analyzed)`,
-      events,
-      seconds: round(seconds, 2),
-      eventsPerSec: Math.round(events / seconds),
-      postgresCpuPerEventUs: round((pgCpu / events) * 1e6),
-      walBytesPerEvent: Math.round((await walBytesBetween(db.admin, before.lsn, after.lsn)) / events),
-      commitsPerEvent: round((after.commits - before.commits) / events, 3),
-    };
+    const perClaim = keys === 'per claim';
+    const claim = perClaim ? BARE_CLAIM_FREEING_KEYS : BARE_CLAIM_TO_PROCESSING;
+    const m = await measureLoops(db, events, conns, (c, i) => claimThenDone(c, claim, batch, `bare-${i}`),
+      perClaim ? (c) => c.query('SET outbox_dispatcher.claim_frees_keys = on') : undefined);
+    const name = `bare two-statement loop${perClaim ? ', keys freed per claim' : ''} (${conns} conns, batch ${batch}; cold burst, analyzed)`;
+    return { name, ...m };
   } finally {
     await db.drop();
   }
@@ -256,7 +275,7 @@ interface PgBossLike {
 }
 
 /** `n` connections as the daemon's login (it inherits app_background: no role switch). */
-export async function workerClients(url: string, n: number): Promise<pg.Client[]> {
+async function workerClients(url: string, n: number): Promise<pg.Client[]> {
   return Promise.all(
     Array.from({ length: n }, async () => {
       const c = new pg.Client({ connectionString: url });

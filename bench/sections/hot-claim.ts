@@ -10,9 +10,8 @@
 //   is checked in the heap). Then `done`, as above.
 // Neither frees dedupe keys (the release trigger stands aside in both), so the only difference
 // is the claim's write. docs/performance.md (seventh session) has the measured answer.
-import pg from 'pg';
-import { createBenchDb, postgresCpuSeconds, round, seedColdBurst, walAndCommits, walBytesBetween } from '../lib.ts';
-import { type DrainResult, workerClients } from './drain.ts';
+import { createBenchDb, partitionsOf, round, seedColdBurst } from '../lib.ts';
+import { BARE_CLAIM_TO_PROCESSING, claimThenDone, type DrainResult, measureLoops } from './drain.ts';
 
 export interface HotClaimResult extends DrainResult {
   fillfactor: number;
@@ -20,46 +19,21 @@ export interface HotClaimResult extends DrainResult {
   hotShare: number;
 }
 
-const CLAIM_TWO_STATEMENT = `WITH c AS (SELECT id, created_at FROM capacity_outbox WHERE status = 'pending' AND next_attempt_at <= now()
-                ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED)
-  UPDATE capacity_outbox o SET status = 'processing', attempts = o.attempts + 1, locked_by = $2,
-         locked_until = now() + interval '30 s', next_attempt_at = now() + interval '30 s'
-  FROM c WHERE o.id = c.id AND o.created_at = c.created_at RETURNING o.id, o.created_at::text AS k`;
 const CLAIM_HOT = `WITH c AS (SELECT id, created_at FROM capacity_outbox
                 WHERE status = 'pending' AND next_attempt_at <= now() AND (locked_until IS NULL OR locked_until < now())
                 ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED)
   UPDATE capacity_outbox o SET attempts = o.attempts + 1, locked_by = $2, locked_until = now() + interval '30 s'
   FROM c WHERE o.id = c.id AND o.created_at = c.created_at RETURNING o.id, o.created_at::text AS k`;
-const DONE = `UPDATE capacity_outbox o SET status = 'done', dispatched_at = now(), locked_by = NULL, locked_until = NULL
-  FROM unnest($1::uuid[], $2::timestamptz[]) AS v(id, k) WHERE o.id = v.id AND o.created_at = v.k AND o.locked_by = $3`;
 
 async function hotClaimLoop(rootUrl: string, events: number, hot: boolean, fillfactor: number): Promise<HotClaimResult> {
   const db = await createBenchDb(rootUrl, `hot${hot ? 1 : 0}ff${fillfactor}`);
   try {
-    const { rows: parts } = await db.admin.query<{ part: string }>(
-      "SELECT inhrelid::regclass::text AS part FROM pg_inherits WHERE inhparent = 'public.capacity_outbox'::regclass",
-    );
-    for (const p of parts) await db.admin.query(`ALTER TABLE ${p.part} SET (fillfactor = ${fillfactor})`);
+    for (const p of await partitionsOf(db.admin)) await db.admin.query(`ALTER TABLE ${p} SET (fillfactor = ${fillfactor})`);
     await seedColdBurst(db.admin, events);
     await db.admin.query('VACUUM ANALYZE capacity_outbox');
-    const clients = await workerClients(db.workerUrl, 2);
-    for (const c of clients) await c.query('SET outbox_dispatcher.claim_frees_keys = on');
-    const claim = hot ? CLAIM_HOT : CLAIM_TWO_STATEMENT;
-    const before = await walAndCommits(db.admin);
-    const pgCpu0 = postgresCpuSeconds();
-    const t0 = performance.now();
-    await Promise.all(clients.map(async (c, i) => {
-      for (;;) {
-        const r = await c.query<{ id: string; k: string }>(claim, [500, `loop-${i}`]);
-        if (r.rowCount === 0) break;
-        await c.query(DONE, [r.rows.map((x) => x.id), r.rows.map((x) => x.k), `loop-${i}`]);
-      }
-    }));
-    const seconds = (performance.now() - t0) / 1000;
-    const pgCpu = postgresCpuSeconds() - pgCpu0;
-    await Promise.all(clients.map((c) => c.end()));
-    await new Promise((r) => setTimeout(r, 1100)); // let statistics flush
-    const after = await walAndCommits(db.admin);
+    const claim = hot ? CLAIM_HOT : BARE_CLAIM_TO_PROCESSING;
+    const m = await measureLoops(db, events, 2, (c, i) => claimThenDone(c, claim, 500, `loop-${i}`),
+      (c) => c.query('SET outbox_dispatcher.claim_frees_keys = on'));
     const st = (await db.admin.query<{ upd: string; hot: string }>(
       "SELECT sum(n_tup_upd) AS upd, sum(n_tup_hot_upd) AS hot FROM pg_stat_user_tables WHERE relname LIKE 'capacity_outbox_p%'",
     )).rows[0]!;
@@ -68,12 +42,7 @@ async function hotClaimLoop(rootUrl: string, events: number, hot: boolean, fillf
     return {
       name: `${hot ? 'HOT claim' : 'two-statement'}, fillfactor ${fillfactor}`,
       fillfactor,
-      events,
-      seconds: round(seconds, 2),
-      eventsPerSec: Math.round(events / seconds),
-      postgresCpuPerEventUs: round((pgCpu / events) * 1e6),
-      walBytesPerEvent: Math.round((await walBytesBetween(db.admin, before.lsn, after.lsn)) / events),
-      commitsPerEvent: round((after.commits - before.commits) / events, 3),
+      ...m,
       hotShare: round(Number(st.hot) / Math.max(1, Number(st.upd)), 3),
     };
   } finally {
