@@ -174,10 +174,9 @@ export async function claimLatency(rootUrl: string, rows: number, iterations: nu
         });
       }
       const due = Number((await db.admin.query("SELECT count(*) AS n FROM capacity_outbox WHERE status = 'pending'")).rows[0].n);
-      // At most half of the due events, so the state keeps its backlog.
-      const committed = await committedClaims(Math.min(iterations, Math.floor(due / BATCH / 2)));
-      // The WAL flush a committed claim waits for: commit a bare claim, then put it back. Last,
-      // so the dead row versions it leaves come after this state's other measurements.
+      // The WAL flush a committed claim waits for: commit a bare claim, then put it back. After
+      // the rolled-back samples and the plans, before the committed method (which may consume
+      // every due event of a small state); the dead row versions it leaves precede only that.
       const commitSamples: number[] = [];
       for (let i = 0; i < iterations + 20; i++) {
         const b = await bareClaim();
@@ -188,6 +187,8 @@ export async function claimLatency(rootUrl: string, rows: number, iterations: nu
         if (b.rows.length !== BATCH || undone.rowCount !== BATCH) throw new Error(`bare claim of ${b.rows.length} rows, ${undone.rowCount} put back`);
         if (i >= 20) commitSamples.push(e);
       }
+      // At most half of the due events, so the state keeps its backlog.
+      const committed = await committedClaims(Math.min(iterations, Math.floor(due / BATCH / 2)));
       const claim = timed(samples);
       const bare = timed(bareSamples);
       const commit = { samples: commitSamples.length, ...timed(commitSamples) };
