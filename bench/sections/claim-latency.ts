@@ -154,7 +154,7 @@ export async function claimLatency(rootUrl: string, rows: number, iterations: nu
         await client.query('ROLLBACK');
         if (r.rowCount !== BATCH) throw new Error(`claim returned ${r.rowCount} rows`);
         if (i >= 20) samples.push(e); // first 20 warm the caches
-        // The floor, on the same head of the due range, alternating with the claim.
+        // The floor, on the head of the due range, alternating with the claim.
         const b = await bareClaim();
         await owner.query('ROLLBACK');
         if (b.rows.length !== BATCH) throw new Error(`bare claim returned ${b.rows.length} rows`);
