@@ -42,11 +42,12 @@ export interface ClaimLatencyResult {
 }
 
 // The floor: what recording a claim of 100 rows costs with nothing of the product around it.
-// Run as the owner with the claim function's planner settings; the key-release trigger stands
-// aside (the flag the claim itself sets), so no key is freed.
-const BARE_SETTINGS = [
-  'enable_sort', 'enable_bitmapscan', 'enable_seqscan', 'enable_hashjoin', 'enable_mergejoin', 'enable_material',
-].map((s) => `SET LOCAL ${s} = off`).concat('SET LOCAL jit = off', 'SET LOCAL outbox_dispatcher.claim_frees_keys = on').join('; ');
+// Run as the owner under the claim function's own planner settings (read from its definition,
+// so the two cannot drift apart); the key-release trigger stands aside (the flag the claim
+// itself sets), so no key is freed.
+const CLAIM_SETTINGS = `SELECT c.setting FROM pg_proc p, unnest(p.proconfig) AS c(setting)
+  WHERE p.oid = 'outbox_dispatcher.claim_batch(text, integer, integer, integer, timestamptz, uuid, integer, integer, integer)'::regprocedure
+    AND c.setting NOT LIKE 'search_path=%'`;
 const BARE_CLAIM = `WITH head AS (
     SELECT d.id, d.created_at, d.next_attempt_at FROM capacity_outbox d
     WHERE d.status = 'pending' AND d.next_attempt_at <= now()
@@ -130,9 +131,14 @@ export async function claimLatency(rootUrl: string, rows: number, iterations: nu
     await client.connect();
     const owner = new pg.Client({ connectionString: db.adminUrl });
     await owner.connect();
+    const settings = (await owner.query<{ setting: string }>(CLAIM_SETTINGS)).rows.map((r) => r.setting);
+    if (!settings.includes('enable_sort=off')) throw new Error(`unexpected claim_batch settings: ${settings.join(', ')}`);
+    const bareSettings = settings.map((kv) => kv.split('='))
+      .map(([k, v]) => `SET LOCAL ${k} = ${v}`)
+      .concat('SET LOCAL outbox_dispatcher.claim_frees_keys = on').join('; ');
     const bareClaim = async () => {
       await owner.query('BEGIN');
-      await owner.query(BARE_SETTINGS);
+      await owner.query(bareSettings);
       const s = performance.now();
       // Prepared once, as the claim function's statements are (plpgsql caches their plans).
       const r = await owner.query({ name: 'bench-bare-claim', text: BARE_CLAIM, values: [BATCH] });
